@@ -1,0 +1,72 @@
+# landscape_fast: every set-up step behind the README's two commands.
+#   make demo   -> venv + deps + native build, then `landscape-fast demo`
+#   make test   -> venv + deps + native build, then lint and the fast test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch 2.13.0 (CPU) lies on local disk here; any torch >= 2.11 works (GPU machines: set
+# TORCH_SPEC=torch to keep the preinstalled one).
+TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.8.0
+DEPS := "$(TORCH_SPEC)" numpy setuptools wheel ninja pytest pytest-benchmark scikit-learn ruff "$(TRITON_SPEC)"
+# 2 shared cores: OpenMP spin-waiting makes multi-threaded runs up to 30x slower.
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export OMP_WAIT_POLICY ?= PASSIVE
+PYTEST_ARGS ?=
+NATIVE_SRC := $(wildcard csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+DEPS_STAMP := $(VENV)/.deps-installed
+BUILD_STAMP := $(VENV)/.package-built
+DOCTEST_IGNORE := --ignore=landscape_fast/kernels/cpp --ignore=landscape_fast/kernels/cuda \
+	--ignore=landscape_fast/kernels/triton --ignore=landscape_fast/__main__.py
+
+.PHONY: install demo test test-all lint format bench check-cuda info clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check $(DEPS)
+	touch $@
+
+$(BUILD_STAMP): $(DEPS_STAMP) setup.py pyproject.toml $(NATIVE_SRC)
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(BUILD_STAMP)
+
+demo: install
+	$(VENV)/bin/landscape-fast demo
+
+info: install
+	$(PY) -m landscape_fast.info
+
+lint: install
+	$(VENV)/bin/ruff check landscape_fast tests bench setup.py
+	$(VENV)/bin/ruff format --check landscape_fast tests bench setup.py
+
+format: install
+	$(VENV)/bin/ruff format landscape_fast tests bench setup.py
+	$(VENV)/bin/ruff check --fix landscape_fast tests bench setup.py
+
+# The fast suite (CI): unit tests, doctests, benchmarks run once each as tests.
+# pytest exits 5 when it collects nothing; that is not a failure here.
+test: lint
+	$(PY) -m pytest -q -m "not slow and not gpu" --benchmark-disable --doctest-modules \
+		$(DOCTEST_IGNORE) tests landscape_fast bench $(PYTEST_ARGS); \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+# Everything, slow cases included.
+test-all: install
+	$(PY) -m pytest -q --benchmark-disable tests bench $(PYTEST_ARGS)
+
+check-cuda:
+	bash csrc/cuda/check.sh
+
+bench: install
+	$(PY) bench/bench_block_reorth.py
+
+clean:
+	rm -rf build *.egg-info landscape_fast/_C*.so landscape_fast/_cuda_kernels.so \
+		landscape_fast/_build_info.json .pytest_cache .benchmarks

@@ -1,0 +1,19 @@
+"""landscape_fast: fast, trustworthy loss-landscape geometry for PyTorch models.
+
+``import landscape_fast`` loads no compiled module, imports no Triton and initialises no
+CUDA: backends load on first use (see :mod:`landscape_fast._backend`).
+
+Example:
+    >>> import torch, landscape_fast as lf
+    >>> space = lf.ParamSpace(torch.nn.Linear(4, 2))
+    >>> space.numel
+    10
+"""
+
+from landscape_fast._backend import BackendError
+from landscape_fast.ops.block_reorth import ReorthResult, block_reorth
+from landscape_fast.params import ParamSpace
+
+__version__ = "0.1.0"
+
+__all__ = ["BackendError", "ParamSpace", "ReorthResult", "block_reorth", "__version__"]

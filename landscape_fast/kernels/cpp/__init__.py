@@ -1,0 +1,1 @@
+"""C++/OpenMP CPU kernels: thin Python wrappers over ``torch.ops.landscape_fast``."""

@@ -1,0 +1,1 @@
+"""Pure-PyTorch twin of every op: the CPU fallback and the oracle kernels are tested against."""

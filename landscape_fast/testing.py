@@ -1,0 +1,64 @@
+"""Helpers for testing landscape_fast and code built on it: tolerances and comparisons.
+
+Example:
+    >>> import torch
+    >>> from landscape_fast.testing import assert_close, random_orthonormal_rows
+    >>> Q = random_orthonormal_rows(3, 10, torch.float64)
+    >>> assert_close(Q @ Q.T, torch.eye(3, dtype=torch.float64), torch.float64)
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: ``dtype -> (atol, rtol)`` for results computed in that dtype compared with a float64
+#: oracle, on well-conditioned inputs of unit scale. Loosen per test only with a comment
+#: giving the measured error.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (2e-3, 2e-3),
+}
+
+
+def assert_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    scale: float = 1.0,
+    what: str = "",
+) -> None:
+    """Assert ``|actual - expected| <= scale * (atol + rtol |expected|)`` elementwise.
+
+    The tolerance comes from :data:`TOLERANCES` for ``dtype`` (the precision the result
+    was computed in). On failure the message gives the worst element and its error.
+    """
+    atol, rtol = TOLERANCES[dtype]
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    if a.shape != e.shape:
+        raise AssertionError(f"{what}: shape {tuple(a.shape)} != expected {tuple(e.shape)}")
+    if a.numel() == 0:
+        return
+    err = (a - e).abs()
+    bound = scale * (atol + rtol * e.abs())
+    bad = err > bound
+    if bad.any() or not torch.isfinite(a).all():
+        idx = int(torch.argmax(err - bound))
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {a.numel()} elements exceed the {dtype} tolerance "
+            f"(x{scale}); worst at flat index {idx}: actual {a.flatten()[idx]:.6e}, expected "
+            f"{e.flatten()[idx]:.6e}, error {err.flatten()[idx]:.3e} > {bound.flatten()[idx]:.3e}"
+        )
+
+
+def random_orthonormal_rows(
+    m: int, p: int, dtype: torch.dtype = torch.float64, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``(m, p)`` matrix with orthonormal rows (computed in float64, then cast)."""
+    if m == 0:
+        return torch.zeros((0, p), dtype=dtype)
+    A = torch.randn(p, m, dtype=torch.float64, generator=generator)
+    return torch.linalg.qr(A)[0].T.contiguous().to(dtype)
