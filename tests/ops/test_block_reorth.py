@@ -86,6 +86,9 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _check(backend: str, Q: torch.Tensor, W: torch.Tensor) -> None:
+    why = _backend.BACKENDS[backend].unavailable_reason()
+    if why is not None:
+        pytest.skip(f"{backend}: {why}")
     device = _device(backend)
     Q, W = Q.to(device), W.to(device)
     _skip_unless_runs(backend, Q, W)
@@ -108,13 +111,24 @@ def _check(backend: str, Q: torch.Tensor, W: torch.Tensor) -> None:
         Cr, Rr = reference_(Q, Wr, tol)
         same = (Wr, Cr, Rr)
     scale = max(1.0, W.to(F64).norm(dim=1).max().item())
+    # Conditioning: a vector that loses most of its norm in the projections comes out with
+    # a direction error of about eps * |w_k| / R_kk, which then spreads to later entries
+    # of R and W (different but equally stable algorithms differ by that much).
+    kept64 = R64.diagonal() > 0
+    amp = 1.0
+    if kept64.any():
+        ratios = W.to(F64).cpu().norm(dim=1)[kept64] / R64.diagonal()[kept64]
+        amp = max(1.0, ratios.max().item())
     for name, got, truth, ref in zip(
         ("W", "coeffs", "R"), (out.W, out.coeffs, out.R), (W64, C64, R64), same
     ):
-        s = 1.0 if name == "W" else scale
+        floor = (
+            FLOOR[W.dtype] * (1.0 if name == "W" else scale) * (1.0 if name == "coeffs" else amp)
+        )
         err, ref_err = _max_err(got, truth), _max_err(ref, truth)
-        assert err <= 2 * ref_err + FLOOR[W.dtype] * s, (
-            f"{backend} {name}: error {err:.3e} vs reference-in-dtype {ref_err:.3e}"
+        assert err <= 2 * ref_err + floor, (
+            f"{backend} {name}: error {err:.3e} vs reference-in-dtype {ref_err:.3e} "
+            f"(floor {floor:.1e}, amplification {amp:.1f})"
         )
 
     # The contract, on the backend's own output.
