@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from landscape_fast._backend import status
-from landscape_fast.ops.block_reorth import block_reorth
+from landscape_fast.ops.block_reorth import block_reorth, selected_backend
 from landscape_fast.params import ParamSpace
 from landscape_fast.zoo import digits_data, digits_mlp, train
 
@@ -63,10 +63,8 @@ def span_rank(vectors: torch.Tensor, rank_tol: float, block: int = 8) -> tuple[i
     Returns:
         ``(rank, backend name of the last call)``.
     """
-    from landscape_fast import _backend
-
     basis = vectors.new_zeros((0, vectors.shape[1]))
-    used = _backend.select("block_reorth", (basis, vectors))[0]
+    used = selected_backend(basis, vectors)
     for start in range(0, len(vectors), block):
         out = block_reorth(basis, vectors[start : start + block].contiguous(), rank_tol=rank_tol)
         basis = torch.cat([basis, out.W[~out.deficient]])

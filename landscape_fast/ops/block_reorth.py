@@ -49,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -66,6 +67,10 @@ BASIS_DTYPES: dict[torch.dtype, tuple[torch.dtype, ...]] = {
 #: down to about sqrt(eps64) = 1.5e-8; a float32 vector that lies in span(Q) keeps a
 #: residual of about sqrt(m) * eps32 (1e-6 at m = 128).
 DEFAULT_RANK_TOL: dict[torch.dtype, float] = {torch.float64: 1e-7, torch.float32: 1e-5}
+
+
+#: Widest block (rows of ``W``) each backend handles; absent means unlimited.
+MAX_BLOCK: dict[str, int] = {"cuda": 64}
 
 
 class ReorthResult(NamedTuple):
@@ -141,6 +146,20 @@ def check_inputs(Q: torch.Tensor, W: torch.Tensor) -> None:
         )
 
 
+def _capability_reasons(backend: str, tensors: Sequence[torch.Tensor]) -> list[str]:
+    """Why ``backend`` cannot run these (valid) inputs beyond device and availability."""
+    limit = MAX_BLOCK.get(backend)
+    b = tensors[1].shape[0]
+    if limit is not None and b > limit:
+        return [f"handles blocks of at most {limit} vectors, got b={b}"]
+    return []
+
+
+def selected_backend(Q: torch.Tensor, W: torch.Tensor, backend: str | None = None) -> str:
+    """Name of the backend :func:`block_reorth` would run on these inputs."""
+    return _backend.select("block_reorth", (Q, W), backend, _capability_reasons)[0]
+
+
 def block_reorth(
     Q: torch.Tensor,
     W: torch.Tensor,
@@ -175,7 +194,7 @@ def block_reorth(
     tol = default_rank_tol(W.dtype) if rank_tol is None else float(rank_tol)
     if not tol >= 0.0:
         raise ValueError(f"block_reorth: rank_tol must be >= 0, got {rank_tol}")
-    _, impl = _backend.select("block_reorth", (Q, W), backend)
+    _, impl = _backend.select("block_reorth", (Q, W), backend, _capability_reasons)
     out = W if inplace else W.clone()
     if out.shape[0] == 0:
         empty = torch.zeros((Q.shape[0], 0), dtype=torch.float64, device=W.device)

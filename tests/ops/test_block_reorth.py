@@ -216,3 +216,11 @@ def test_bad_inputs_get_clear_errors(Q, W, error, match) -> None:
 def test_negative_rank_tol() -> None:
     with pytest.raises(ValueError, match="rank_tol"):
         block_reorth(torch.zeros(1, 3), torch.ones(1, 3), rank_tol=-1.0)
+
+
+def test_block_width_limits_are_declared_capabilities() -> None:
+    from landscape_fast.ops.block_reorth import MAX_BLOCK, _capability_reasons
+
+    wide = torch.zeros(MAX_BLOCK["cuda"] + 1, 8)
+    assert "at most" in _capability_reasons("cuda", (torch.zeros(1, 8), wide))[0]
+    assert _capability_reasons("triton", (torch.zeros(1, 8), wide)) == []
