@@ -63,6 +63,14 @@ def cholesky_skip(G: torch.Tensor, in_norms: torch.Tensor, rank_tol: float) -> t
     Returns:
         ``(b, b)`` float64 upper-triangular ``R`` (on CPU) with ``G ≈ RᵀR`` on kept columns.
     """
+    if G.shape == (1, 1):
+        # Single vector: the same decision as below in plain floats (a third of the fixed
+        # cost that dominates small single-vector calls).
+        g = float(G.item())
+        x = rank_tol * float(in_norms.item())
+        r = math.sqrt(g) if g > 0 else 0.0
+        keep = g > 0 and (r * r > x * x or g > x * x)
+        return torch.tensor([[r if keep else 0.0]], dtype=torch.float64)
     G = G.detach().to("cpu", torch.float64)
     thresholds = ((rank_tol * in_norms.detach().to("cpu", torch.float64)) ** 2).tolist()
     L, info = torch.linalg.cholesky_ex(G)
@@ -87,6 +95,14 @@ def cholesky_skip(G: torch.Tensor, in_norms: torch.Tensor, rank_tol: float) -> t
 
 def inverse_transpose(R: torch.Tensor) -> torch.Tensor:
     """``T`` with ``T W = R⁻ᵀ W`` on the kept rows (``R_kk > 0``) and zero rows elsewhere."""
+    if R.shape == (1, 1):
+        r = float(R.item())
+        return torch.tensor([[1.0 / r if r > 0 else 0.0]], dtype=R.dtype)
+    if R.is_contiguous() and bool((R.diagonal() > 0).all()):
+        # Fast path (no deficient column): the same solve as below, without the gathers
+        # (saves ~25 us of the ~150 us fixed cost per call that small blocks pay).
+        eye = torch.eye(R.shape[0], dtype=R.dtype)
+        return torch.linalg.solve_triangular(R.T, eye, upper=False)
     T = torch.zeros_like(R)
     kept = torch.nonzero(R.diagonal() > 0).flatten()
     if kept.numel():
