@@ -20,9 +20,9 @@ against the torch that will run it.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,14 +33,12 @@ ROOT = Path(__file__).resolve().parent
 NO_EXT = os.environ.get("LANDSCAPE_FAST_NO_EXT", "0") == "1"
 
 
-def _nvcc() -> str | None:
-    explicit = os.environ.get("NVCC")
-    if explicit:
-        return explicit
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and Path(home, "bin", "nvcc").exists():
-            return str(Path(home, "bin", "nvcc"))
-    return shutil.which("nvcc")
+def _load_find_nvcc():
+    """``landscape_fast._nvcc.find_nvcc``, loaded by path (the package is not built yet)."""
+    spec = importlib.util.spec_from_file_location("_lf_nvcc", ROOT / "landscape_fast" / "_nvcc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.find_nvcc
 
 
 def _cuda_arch_flags() -> list[str]:
@@ -55,7 +53,7 @@ def _cuda_arch_flags() -> list[str]:
 
 def build_cuda_library(out_path: Path) -> str | None:
     """Compile csrc/cuda/*.cu into one shared library; return an error string on failure."""
-    nvcc = _nvcc()
+    nvcc = _load_find_nvcc()()
     sources = sorted(glob.glob(str(ROOT / "csrc" / "cuda" / "*.cu")))
     if nvcc is None or not sources:
         return "nvcc not found" if nvcc is None else "no CUDA sources"

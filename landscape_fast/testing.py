@@ -11,6 +11,16 @@ from __future__ import annotations
 
 import torch
 
+from landscape_fast.ops.block_reorth import BASIS_DTYPES
+
+#: Every ``(block dtype, basis dtype)`` pair ``block_reorth`` supports, and short test ids.
+REORTH_DTYPE_PAIRS: list[tuple[torch.dtype, torch.dtype]] = [
+    (w, q) for w, qs in BASIS_DTYPES.items() for q in qs
+]
+_SHORT = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+REORTH_DTYPE_IDS: list[str] = [
+    _SHORT[w] if w == q else f"{_SHORT[w]}-{_SHORT[q]}" for w, q in REORTH_DTYPE_PAIRS
+]
 #: ``dtype -> (atol, rtol)`` for results computed in that dtype compared with a float64
 #: oracle, on well-conditioned inputs of unit scale. Loosen per test only with a comment
 #: giving the measured error.

@@ -19,6 +19,8 @@ import importlib.util
 import pytest
 import torch
 
+from landscape_fast.testing import REORTH_DTYPE_IDS, REORTH_DTYPE_PAIRS
+
 _BUILT = importlib.util.find_spec("landscape_fast._C") is not None
 pytestmark = [
     pytest.mark.cpp,
@@ -29,14 +31,7 @@ pytestmark = [
     ),
 ]
 
-#: (block dtype, basis dtype) pairs the kernels support.
-DTYPES = [
-    (torch.float64, torch.float64),
-    (torch.float32, torch.float32),
-    (torch.float32, torch.bfloat16),
-    (torch.float32, torch.float16),
-]
-DTYPE_IDS = ["f64", "f32", "f32-bf16", "f32-f16"]
+DTYPES, DTYPE_IDS = REORTH_DTYPE_PAIRS, REORTH_DTYPE_IDS
 
 #: (m, b, p): degenerate, odd and multi-tile shapes. The kernels use 16-column SIMD vectors,
 #: 64-column gemm blocks, sub-tiles of >= 256 columns and tiles of >= 4096 columns.

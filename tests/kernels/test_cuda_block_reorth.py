@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from landscape_fast._nvcc import find_nvcc
 from landscape_fast.kernels.block_reorth_driver import cgs2_cholqr2
 from landscape_fast.kernels.cuda import block_reorth as cu
 from landscape_fast.reference.block_reorth import block_reorth_ as reference_block_reorth
@@ -53,19 +54,9 @@ TOL = {F64: 1e-7, F32: 1e-5}  # rank_tol of the op (DEFAULT_RANK_TOL)
 # Toolchain discovery
 
 
-def _nvcc() -> str | None:
-    explicit = os.environ.get("NVCC")
-    if explicit:
-        return explicit
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and Path(home, "bin", "nvcc").exists():
-            return str(Path(home, "bin", "nvcc"))
-    return shutil.which("nvcc")
-
-
 def _cuda_include() -> Path | None:
     candidates = []
-    nvcc = _nvcc()
+    nvcc = find_nvcc()
     if nvcc:
         candidates.append(Path(nvcc).resolve().parent.parent / "include")
     candidates += [Path(os.environ.get("CUDA_HOME", "/nonexistent")) / "include"]
@@ -84,7 +75,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
-needs_nvcc = pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (no CUDA toolkit)")
+needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found (no CUDA toolkit)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,7 +92,7 @@ def _gpu_arch() -> str | None:
 @pytest.fixture(scope="module")
 def cuda_build(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Compile every .cu (sm_90 plus the local GPU's arch, -Werror) and link the library."""
-    nvcc = _nvcc()
+    nvcc = find_nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (no CUDA toolkit)")
     out = tmp_path_factory.mktemp("cuda_build")
@@ -659,7 +650,7 @@ def _benchmark(lib_path: str | None) -> None:  # pragma: no cover - needs a GPU
         out = Path(tempfile.mkdtemp())
         arch = _gpu_arch() or "90"
         lib_path = str(out / "_cuda_kernels.so")
-        cmd = [_nvcc(), "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-cudart",
+        cmd = [find_nvcc(), "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-cudart",
                "static", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-o", lib_path,
                *map(str, SOURCES)]  # fmt: skip
         subprocess.run(cmd, check=True)

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from landscape_fast.reference.block_reorth import block_reorth_ as reference_block_reorth_
+from landscape_fast.testing import REORTH_DTYPE_IDS, REORTH_DTYPE_PAIRS
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -35,14 +36,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.skipif(not _CAN_RUN, reason=_SKIP_
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-#: (block dtype, basis dtype) pairs the op supports.
-DTYPES = [
-    (torch.float64, torch.float64),
-    (torch.float32, torch.float32),
-    (torch.float32, torch.bfloat16),
-    (torch.float32, torch.float16),
-]
-DTYPE_IDS = ["f64", "f32", "f32-bf16", "f32-f16"]
+DTYPES, DTYPE_IDS = REORTH_DTYPE_PAIRS, REORTH_DTYPE_IDS
 
 GUARD = 64  # guard elements on each side of every kernel input
 

@@ -14,12 +14,10 @@ import torch
 from landscape_fast import _backend
 from landscape_fast.ops.block_reorth import block_reorth, default_rank_tol
 from landscape_fast.reference.block_reorth import block_reorth_ as reference_
-from landscape_fast.testing import random_orthonormal_rows
+from landscape_fast.testing import REORTH_DTYPE_IDS, REORTH_DTYPE_PAIRS, random_orthonormal_rows
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
-F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
-# (block dtype, basis dtype)
-DTYPE_PAIRS = [(F64, F64), (F32, F32), (F32, BF16), (F32, F16)]
+F32, F64 = torch.float32, torch.float64
 # (m, b, p): empty basis, single vectors, b > m, p not a multiple of any tile, p = 1, ...
 SHAPES = [
     (0, 1, 7),
@@ -151,7 +149,7 @@ def _check(backend: str, Q: torch.Tensor, W: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("wdtype, qdtype", DTYPE_PAIRS, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("wdtype, qdtype", REORTH_DTYPE_PAIRS, ids=REORTH_DTYPE_IDS)
 @pytest.mark.parametrize("m, b, p", SHAPES, ids=lambda s: str(s))
 def test_random_shapes(backend, wdtype, qdtype, m, b, p) -> None:
     if _too_big_for_interpreter(backend, m, b, p):
@@ -160,7 +158,7 @@ def test_random_shapes(backend, wdtype, qdtype, m, b, p) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("wdtype, qdtype", DTYPE_PAIRS, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("wdtype, qdtype", REORTH_DTYPE_PAIRS, ids=REORTH_DTYPE_IDS)
 @pytest.mark.parametrize(
     "kind", ["in_span", "near_span", "duplicate", "near_duplicate", "zero_row"]
 )
@@ -198,7 +196,12 @@ def test_inplace_and_empty_block() -> None:
         (torch.zeros(3, 5), torch.zeros(5), ValueError, "W must be \\(b, p\\)"),
         (torch.zeros(3, 5), torch.zeros(2, 6), ValueError, "same number of columns"),
         (torch.zeros(3, 0), torch.zeros(2, 0), ValueError, "p = 0"),
-        (torch.zeros(3, 5), torch.zeros(2, 5, dtype=F16), TypeError, "float32 or float64"),
+        (
+            torch.zeros(3, 5),
+            torch.zeros(2, 5, dtype=torch.float16),
+            TypeError,
+            "float32 or float64",
+        ),
         (torch.zeros(3, 5, dtype=torch.int64), torch.zeros(2, 5), TypeError, "basis Q of dtype"),
         (torch.zeros(3, 5, dtype=F64), torch.zeros(2, 5), TypeError, "never higher"),
         (torch.zeros(5, 3).T, torch.zeros(2, 5), ValueError, "Q must be contiguous"),
