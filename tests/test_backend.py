@@ -88,3 +88,16 @@ def test_info_module_runs() -> None:
     for name in _backend.backend_names():
         assert name in out.stdout
     assert "reference  usable" in out.stdout
+
+
+def test_falls_back_to_reference_when_cpp_is_not_built(monkeypatch) -> None:
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    real = _backend._cached_probe
+    monkeypatch.setattr(
+        _backend, "_cached_probe", lambda name: "not built" if name == "cpp" else real(name)
+    )
+    assert _backend.select("block_reorth", _inputs())[0] == "reference"
+    out = block_reorth(*_inputs())
+    assert out.W.shape == (2, 20)
+    with pytest.raises(BackendError, match="cpp \\(forced\\): refused: not built"):
+        block_reorth(*_inputs(), backend="cpp")
