@@ -11,9 +11,18 @@ Example:
 """
 
 from landscape_fast._backend import BackendError
+from landscape_fast.operators import CurvatureOperator, DenseOperator
 from landscape_fast.ops.block_reorth import ReorthResult, block_reorth
 from landscape_fast.params import ParamSpace
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendError", "ParamSpace", "ReorthResult", "block_reorth", "__version__"]
+__all__ = [
+    "BackendError",
+    "CurvatureOperator",
+    "DenseOperator",
+    "ParamSpace",
+    "ReorthResult",
+    "block_reorth",
+    "__version__",
+]
