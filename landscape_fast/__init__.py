@@ -11,6 +11,7 @@ Example:
 """
 
 from landscape_fast._backend import BackendError
+from landscape_fast.linalg import LanczosResult, lanczos
 from landscape_fast.operators import CurvatureOperator, DenseOperator
 from landscape_fast.ops.block_reorth import ReorthResult, block_reorth
 from landscape_fast.params import ParamSpace
@@ -21,8 +22,10 @@ __all__ = [
     "BackendError",
     "CurvatureOperator",
     "DenseOperator",
+    "LanczosResult",
     "ParamSpace",
     "ReorthResult",
     "block_reorth",
+    "lanczos",
     "__version__",
 ]
