@@ -11,7 +11,7 @@ Example:
 """
 
 from landscape_fast._backend import BackendError
-from landscape_fast.linalg import LanczosResult, lanczos
+from landscape_fast.linalg import EigenResult, LanczosResult, lanczos, power_iteration
 from landscape_fast.operators import CurvatureOperator, DenseOperator
 from landscape_fast.ops.block_reorth import ReorthResult, block_reorth
 from landscape_fast.params import ParamSpace
@@ -22,10 +22,12 @@ __all__ = [
     "BackendError",
     "CurvatureOperator",
     "DenseOperator",
+    "EigenResult",
     "LanczosResult",
     "ParamSpace",
     "ReorthResult",
     "block_reorth",
     "lanczos",
+    "power_iteration",
     "__version__",
 ]

@@ -9,8 +9,11 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from landscape_fast.operators.dense import DenseOperator
 from landscape_fast.ops.block_reorth import BASIS_DTYPES
 
 #: Every ``(block dtype, basis dtype)`` pair ``block_reorth`` supports, and short test ids.
@@ -72,3 +75,21 @@ def random_orthonormal_rows(
         return torch.zeros((0, p), dtype=dtype)
     A = torch.randn(p, m, dtype=torch.float64, generator=generator)
     return torch.linalg.qr(A)[0].T.contiguous().to(dtype)
+
+
+def operator_with_spectrum(
+    eigenvalues: Sequence[float] | torch.Tensor,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[DenseOperator, torch.Tensor]:
+    """A :class:`DenseOperator` with the given spectrum in a random orthonormal basis.
+
+    Returns:
+        ``(operator, A)`` with ``A`` the float64 matrix ``Uᵀ diag(λ) U``.
+    """
+    eigs = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    U = random_orthonormal_rows(len(eigs), len(eigs), generator=torch.Generator().manual_seed(seed))
+    A = (U.T * eigs) @ U
+    A = (A + A.T) / 2
+    return DenseOperator(A.to(dtype)), A

@@ -5,17 +5,14 @@ import pytest
 import torch
 
 import landscape_fast as lf
-from landscape_fast.testing import random_orthonormal_rows
+from landscape_fast.testing import operator_with_spectrum
 
 F64 = torch.float64
 
 
-def _operator(eigs: np.ndarray, seed: int = 0, dtype=F64) -> tuple[lf.DenseOperator, np.ndarray]:
-    p = len(eigs)
-    U = random_orthonormal_rows(p, p, generator=torch.Generator().manual_seed(seed)).numpy()
-    A = (U.T * eigs) @ U
-    A = (A + A.T) / 2
-    return lf.DenseOperator(torch.as_tensor(A, dtype=dtype)), A
+def _operator(eigs, seed: int = 0, dtype=F64) -> tuple[lf.DenseOperator, np.ndarray]:
+    op, A = operator_with_spectrum(eigs, seed=seed, dtype=dtype)
+    return op, A.numpy()
 
 
 def test_full_run_recovers_the_whole_indefinite_spectrum() -> None:
