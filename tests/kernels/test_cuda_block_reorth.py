@@ -36,7 +36,9 @@ import torch
 from landscape_fast._nvcc import find_nvcc
 from landscape_fast.kernels.block_reorth_driver import cgs2_cholqr2
 from landscape_fast.kernels.cuda import block_reorth as cu
+from landscape_fast.ops.block_reorth import DEFAULT_RANK_TOL
 from landscape_fast.reference.block_reorth import block_reorth_ as reference_block_reorth
+from landscape_fast.testing import REORTH_DTYPE_IDS, REORTH_DTYPE_PAIRS
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -44,10 +46,10 @@ SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 EMULATION_HEADER = Path(__file__).resolve().parent / "cuda_emulation.h"
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
-#: (basis dtype, block dtype) pairs the kernels support.
-PAIRS = [(F64, F64), (F32, F32), (BF16, F32), (F16, F32)]
-PAIR_IDS = ["f64", "f32", "bf16-f32", "f16-f32"]
-TOL = {F64: 1e-7, F32: 1e-5}  # rank_tol of the op (DEFAULT_RANK_TOL)
+#: (basis dtype, block dtype) pairs the kernels support (the op's list, basis first).
+PAIRS = [(q, w) for w, q in REORTH_DTYPE_PAIRS]
+PAIR_IDS = REORTH_DTYPE_IDS
+TOL = DEFAULT_RANK_TOL  # rank_tol of the op
 
 
 # ---------------------------------------------------------------------------------------
