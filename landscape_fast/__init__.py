@@ -12,21 +12,38 @@ Example:
 
 from landscape_fast._backend import BackendError
 from landscape_fast.linalg import EigenResult, LanczosResult, lanczos, power_iteration
-from landscape_fast.operators import CurvatureOperator, DenseOperator
+from landscape_fast.operators import (
+    GGN,
+    BatchLoss,
+    CurvatureOperator,
+    DenseOperator,
+    EmpiricalFisher,
+    GradientCovariance,
+    Hessian,
+    HVPCheck,
+    check_hvp,
+)
 from landscape_fast.ops.block_reorth import ReorthResult, block_reorth
 from landscape_fast.params import ParamSpace
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GGN",
     "BackendError",
+    "BatchLoss",
     "CurvatureOperator",
     "DenseOperator",
     "EigenResult",
+    "EmpiricalFisher",
+    "GradientCovariance",
+    "HVPCheck",
+    "Hessian",
     "LanczosResult",
     "ParamSpace",
     "ReorthResult",
     "block_reorth",
+    "check_hvp",
     "lanczos",
     "power_iteration",
     "__version__",

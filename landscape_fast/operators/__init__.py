@@ -1,4 +1,5 @@
-"""Curvature operators: the ``CurvatureOperator`` protocol, explicit matrices, combinators."""
+"""Curvature operators: the ``CurvatureOperator`` protocol, model-based operators (Hessian,
+GGN, empirical Fisher, gradient covariance), explicit matrices and combinators."""
 
 from landscape_fast.operators.base import (
     CurvatureOperator,
@@ -6,6 +7,28 @@ from landscape_fast.operators.base import (
     ShiftedOperator,
     SumOperator,
 )
+from landscape_fast.operators.block_diagonal import BlockDiagonalOperator
+from landscape_fast.operators.check import HVPCheck, check_hvp
 from landscape_fast.operators.dense import DenseOperator
+from landscape_fast.operators.fisher import EmpiricalFisher, GradientCovariance
+from landscape_fast.operators.ggn import GGN
+from landscape_fast.operators.hessian import Hessian
+from landscape_fast.operators.model_function import BatchLoss
+from landscape_fast.operators.model_operator import ModelOperator
 
-__all__ = ["CurvatureOperator", "DenseOperator", "ScaledOperator", "ShiftedOperator", "SumOperator"]
+__all__ = [
+    "BatchLoss",
+    "BlockDiagonalOperator",
+    "CurvatureOperator",
+    "DenseOperator",
+    "EmpiricalFisher",
+    "GGN",
+    "GradientCovariance",
+    "HVPCheck",
+    "Hessian",
+    "ModelOperator",
+    "ScaledOperator",
+    "ShiftedOperator",
+    "SumOperator",
+    "check_hvp",
+]

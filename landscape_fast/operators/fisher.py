@@ -1,0 +1,183 @@
+r"""Operators built from per-sample gradients: empirical Fisher and gradient covariance.
+
+With per-sample losses :math:`\ell_i` (the batch loss is their mean,
+:math:`L_b = \frac{1}{n_b}\sum_{i\in b}\ell_i`) and gradients :math:`g_i = \nabla\ell_i`,
+
+.. math::
+
+    F = \frac{1}{N}\sum_i g_i g_i^\top ,\qquad
+    \Sigma = \frac{1}{N}\sum_i (g_i - \bar g)(g_i - \bar g)^\top = F - \bar g \bar g^\top ,
+    \qquad \bar g = \frac{1}{N}\sum_i g_i = \nabla L .
+
+:math:`\Sigma` is the population covariance over the data set (divisor :math:`N`); it is
+formed from centred gradients, never as the difference :math:`F - \bar g\bar g^\top`
+(which cancels catastrophically when :math:`\|\bar g\|` dominates the noise).
+
+Per-sample gradients come from ``torch.func.vmap(grad)`` over the samples of each batch,
+chunked to the memory budget; when all :math:`N \times p` of them fit in half the budget
+they are kept, and later products cost two matrix products per batch instead of a pass of
+per-sample gradients. A product with a block is :math:`F V = \frac1N\sum_b (V G_b^\top) G_b`.
+
+Per-sample gradients need per-sample losses: BatchNorm in ``"batch"`` mode (which couples
+samples) and active dropout are refused, and the first batch is checked: the mean of the
+per-sample losses must equal the batch loss.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> import landscape_fast as lf
+    >>> model = nn.Linear(3, 2).double()
+    >>> X, y = torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 2, (10,))
+    >>> F = lf.EmpiricalFisher(model, "ce", (X, y))
+    >>> S = lf.GradientCovariance(model, "ce", (X, y))
+    >>> _, g = F.loss_and_gradient()
+    >>> torch.allclose(F.to_dense() - torch.outer(g, g), S.to_dense())
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from landscape_fast.data import Batch, slice_batch, unsqueeze_batch
+from landscape_fast.operators.engines import check_finite_loss
+from landscape_fast.operators.model_operator import ModelOperator
+from landscape_fast.operators.semantics import ModelSemantics
+
+
+class PerSampleGradientOperator(ModelOperator):
+    """Base of :class:`EmpiricalFisher` and :class:`GradientCovariance`.
+
+    Attributes:
+        centered: Subtract the mean gradient from every per-sample gradient.
+    """
+
+    centered = False
+
+    def __init__(self, model: Any, loss_fn: Any, data: Any, params: Any = None, **kwargs: Any):
+        super().__init__(model, loss_fn, data, params, **kwargs)
+        if self.batch_norm == "batch":
+            raise ValueError(
+                f"{type(self).__name__} needs per-sample gradients, which BatchNorm with batch "
+                "statistics does not have (it couples the samples of a batch); use "
+                "batch_norm='eval'"
+            )
+        if self.dropout:
+            raise ValueError(
+                f"{type(self).__name__}: per-sample gradients with active dropout are not "
+                "supported; use dropout=False"
+            )
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cache_ok = True
+        self._versions: tuple[int, ...] | None = None
+        self._mean: torch.Tensor | None = None
+        self._checked = False
+
+    # ------------------------------------------------------------------ per-sample grads
+    def per_sample_gradients(self, index: int, batch: Batch) -> torch.Tensor:
+        """``(n_b, p)`` per-sample gradients of batch ``index`` (compute dtype)."""
+        if index in self._cache:
+            return self._cache[index]
+        from torch.func import grad, vmap
+
+        theta = tuple(self.f.parameters(requires_grad=False))
+        argnums = tuple(range(len(theta)))
+
+        def sample_loss(t: tuple[torch.Tensor, ...], sample: Batch) -> torch.Tensor:
+            return self.f.loss(t, unsqueeze_batch(sample))
+
+        n = self.data.batch_size_fn(batch)
+        p = self.shape[0]
+        itemsize = torch.finfo(self.compute_dtype).bits // 8
+        chunk = max(1, min(n, self.memory_budget // max(4 * p * itemsize, 1)))
+        fn = vmap(
+            grad(lambda *a: sample_loss(a[:-1], a[-1]), argnums=argnums),
+            in_dims=(*[None] * len(theta), 0),
+        )
+        G = torch.empty(n, p, dtype=self.compute_dtype, device=self.device)
+        for start in range(0, n, chunk):
+            grads = fn(*theta, slice_batch(batch, start, start + chunk))
+            for view, g in zip(self.space.views(G[start : start + chunk]), grads):
+                view.copy_(g)
+        if not self._checked:
+            self._check_per_sample(theta, batch, index)
+        if not bool(torch.isfinite(G).all()):
+            bad = [
+                name
+                for name, view in zip(self.space.names, self.space.views(G))
+                if not bool(torch.isfinite(view).all())
+            ]
+            raise FloatingPointError(
+                f"{type(self).__name__}: non-finite per-sample gradients on batch {index} in "
+                f"parameters {bad}; check that batch's inputs or try dtype=torch.float64"
+            )
+        used = sum(t.numel() for t in self._cache.values()) * itemsize
+        if self._cache_ok and used + G.numel() * itemsize <= self.memory_budget // 2:
+            self._cache[index] = G
+        else:
+            self._cache_ok = False
+            self._cache.clear()
+        return G
+
+    def _check_per_sample(self, theta: tuple[torch.Tensor, ...], batch: Batch, index: int) -> None:
+        """The batch loss must be the mean of the per-sample losses (else F is not defined)."""
+        from torch.func import vmap
+
+        def sample_loss(sample: Batch) -> torch.Tensor:
+            return self.f.loss(theta, unsqueeze_batch(sample))
+
+        with torch.no_grad():
+            batch_loss = self.f.loss(theta, batch)
+            check_finite_loss(batch_loss, index)
+            mean = vmap(sample_loss)(batch).mean()
+        tol = 1e3 * torch.finfo(self.compute_dtype).eps * max(1.0, abs(float(batch_loss)))
+        if abs(float(mean) - float(batch_loss)) > tol:
+            raise ValueError(
+                f"{type(self).__name__}: the batch loss ({float(batch_loss):.6g}) is not the mean "
+                f"of the per-sample losses ({float(mean):.6g}), so per-sample gradients are not "
+                "defined by it. Use a mean-reduced loss whose value on a batch is the average "
+                "of its values on single samples (no class weights, no ignore_index padding "
+                "that varies per sample)."
+            )
+        self._checked = True
+
+    # ------------------------------------------------------------------ products
+    def _before_pass(self) -> None:
+        versions = tuple(p._version for p in self.space.params)
+        if versions != self._versions:  # parameters moved: drop cached gradients
+            self._cache.clear()
+            self._cache_ok = True
+            self._mean = None
+            self._versions = versions
+
+    def mean_gradient(self) -> torch.Tensor:
+        r""":math:`\bar g = \nabla L` (cached while the parameters are unchanged)."""
+        if self._mean is None:
+            self._mean = self.loss_and_gradient()[1].to(self.compute_dtype)
+        return self._mean
+
+    def _batch_product(
+        self, sem: ModelSemantics, index: int, batch: Batch, V: torch.Tensor
+    ) -> torch.Tensor:
+        G = self.per_sample_gradients(index, batch)
+        if self.centered:
+            G = G - self._mean_for_pass
+        return (V @ G.T) @ G / G.shape[0]
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        if self.centered:
+            self._before_pass()
+            self._mean_for_pass = self.mean_gradient()
+        return super()._matmat(V)
+
+
+class EmpiricalFisher(PerSampleGradientOperator):
+    r"""Empirical Fisher :math:`F = \frac1N\sum_i g_i g_i^\top` (see the module docstring)."""
+
+
+class GradientCovariance(PerSampleGradientOperator):
+    r"""Gradient covariance :math:`\Sigma = \frac1N\sum_i (g_i-\bar g)(g_i-\bar g)^\top`."""
+
+    centered = True
