@@ -89,30 +89,26 @@ class Hessian(ModelOperator):
     def _resolve(self) -> HVPEngine:
         if self._engine is not None:
             return self._engine
+        failures: dict[str, str] = {}
         for attention, candidates in (("math", AUTO_ORDER[:2]), ("default", AUTO_ORDER[2:])):
             with self.semantics(attention) as sem:
                 index, batch, _ = next(self.batches(sem))
-                try:
-                    engine, failures = probe(
-                        self.f,
-                        batch,
-                        candidates,
-                        budget=self.memory_budget,
-                        dropout=self.dropout,
-                        rng=lambda sem=sem, i=index: sem.batch_rng(i, self.device),
-                    )
-                except RuntimeError as err:
-                    previous = str(err)
-                    continue
-            self._engine = engine
-            tried = "; ".join(f"{k} failed: {v}" for k, v in failures.items())
-            self.engine_reason = tried or "fastest engine that works for this model"
-            if attention == "default":
-                self.engine_reason = f"{previous}; finite differences need first derivatives only"
-            return engine
-        raise RuntimeError(  # pragma: no cover - finite differences need only a gradient
-            f"Hessian: no HVP engine works for this model: {previous}"
-        )
+                engine, failed = probe(
+                    self.f,
+                    batch,
+                    candidates,
+                    budget=self.memory_budget,
+                    dropout=self.dropout,
+                    rng=lambda sem=sem, i=index: sem.batch_rng(i, self.device),
+                )
+            failures.update(failed)
+            if engine is not None:
+                self._engine = engine
+                tried = "; ".join(f"{k} failed: {v}" for k, v in failures.items())
+                self.engine_reason = tried or "fastest engine that works for this model"
+                return engine
+        detail = "; ".join(f"{k}: {v}" for k, v in failures.items())
+        raise RuntimeError(f"Hessian: no HVP engine works for this model ({detail})")
 
     def _attention(self) -> str:
         return self._resolve().attention
