@@ -14,6 +14,9 @@ TORCH_LIBRARY(landscape_fast, m) {
   m.def("reorth_update_(Tensor Q, Tensor(a!) W, Tensor C, bool gram) -> Tensor");
   //   W <- T W in place (T: b x b float64); W W^T if gram, else an empty tensor.
   m.def("reorth_transform_(Tensor(a!) W, Tensor T, bool gram) -> Tensor");
+  // softmax_ce_hvp (landscape_fast/kernels/cpp/softmax_ce_hvp.py): out[j, n] = w_n p_n *
+  //   (U[j, n] - <p_n, U[j, n]>), p_n = softmax(logits[n]); out may be U itself.
+  m.def("softmax_ce_hvp_(Tensor logits, Tensor U, Tensor? weights, Tensor(a!) out) -> ()");
 }
 
 static struct PyModuleDef landscape_fast_C_module = {
