@@ -20,7 +20,7 @@ Example:
     >>> B = BlockDiagonalOperator(A, [slice(0, 1), slice(1, 4)])
     >>> B.to_dense()[:2]
     tensor([[ 0.,  0.,  0.,  0.],
-            [ 0., 10., 13., 16.]], dtype=torch.float64)
+            [ 0., 10., 15., 20.]], dtype=torch.float64)
 """
 
 from __future__ import annotations

@@ -137,9 +137,8 @@ def check_hvp(
         best: dict[str, float] | None = None
         # Finite differences at two steps: the smaller crosses fewer ReLU kinks.
         for step_scale in (1.0, 0.05) if engine == "finite_difference" else (1.0,):
-            op = Hessian(model, loss_fn, batches, reference.space, hvp=engine, **kwargs)
-            if engine == "finite_difference":
-                op._engine = FiniteDifferenceEngine(step_scale)
+            hvp = FiniteDifferenceEngine(step_scale) if engine == "finite_difference" else engine
+            op = Hessian(model, loss_fn, batches, reference.space, hvp=hvp, **kwargs)
             try:
                 out = op.matmat(V)
             except (RuntimeError, NotImplementedError) as err:

@@ -70,9 +70,15 @@ def check_engine(name: str) -> str:
     return name
 
 
-def checked_loss(f: ModelFunction, theta: Sequence[torch.Tensor], batch: Batch, index: int):
+def checked_loss(
+    f: ModelFunction,
+    theta: Sequence[torch.Tensor],
+    batch: Batch,
+    index: int,
+    fused: bool = False,
+) -> torch.Tensor:
     """``f.loss`` with a clear error for a non-finite value (naming the batch)."""
-    loss = f.loss(theta, batch)
+    loss = f.loss(theta, batch, fused)
     check_finite_loss(loss, index)
     return loss
 
@@ -183,6 +189,10 @@ class CachedEngine(HVPEngine):
 
     Args:
         budget: Bytes the cached graphs plus one batched second backward may use.
+        fused_cross_entropy: Differentiate a plain cross-entropy loss through
+            :func:`~landscape_fast.operators.fused_ce.fused_cross_entropy` (its second
+            derivative is the fused ``softmax_ce_hvp`` op). The ``reverse`` reference engine
+            always uses PyTorch's own ``cross_entropy``, so ``check_hvp`` compares the two.
 
     Attributes:
         graph_bytes: Measured bytes of each built batch graph (by batch index).
@@ -196,8 +206,9 @@ class CachedEngine(HVPEngine):
 
     name = "cached"
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, fused_cross_entropy: bool = True) -> None:
         self.budget = int(budget)
+        self.fused_cross_entropy = fused_cross_entropy
         self._cache: dict[int, tuple[list[torch.Tensor], Grads]] = {}
         self._versions: tuple[int, ...] | None = None
         self.graph_bytes: dict[int, int] = {}
@@ -222,7 +233,7 @@ class CachedEngine(HVPEngine):
     def _build(self, f, index, batch) -> tuple[list[torch.Tensor], Grads]:
         theta = f.parameters()
         with GraphMeter(exclude=tuple(theta)) as meter:
-            loss = checked_loss(f, theta, batch, index)
+            loss = checked_loss(f, theta, batch, index, fused=self.fused_cross_entropy)
             grads = list(autograd.grad(loss, theta, create_graph=True, allow_unused=True))
         self.graph_bytes[index] = meter.bytes
         if self.cached_bytes + meter.bytes <= self.budget // 2:

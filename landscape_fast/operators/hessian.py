@@ -55,7 +55,8 @@ class Hessian(ModelOperator):
     Args:
         model, loss_fn, data, params: See :class:`ModelOperator`.
         hvp: ``"auto"``, ``"reverse"``, ``"cached"``, ``"forward"`` or
-            ``"finite_difference"``.
+            ``"finite_difference"``, or a configured engine instance (e.g.
+            ``FiniteDifferenceEngine(step_scale=0.1)``).
         **kwargs: ``batch_norm``, ``dropout``, ``dtype``, ``batch_size``, ``batch_size_fn``,
             ``memory_budget`` (see :class:`ModelOperator`).
 
@@ -71,13 +72,16 @@ class Hessian(ModelOperator):
         data: Any,
         params: Any = None,
         *,
-        hvp: str = "auto",
-        **kwargs,
+        hvp: str | HVPEngine = "auto",
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, loss_fn, data, params, **kwargs)
-        self.hvp = check_engine(hvp)
         self._engine: HVPEngine | None = None
         self.engine_reason: str | None = None
+        if isinstance(hvp, HVPEngine):  # a configured engine instance
+            self.hvp, self._engine, self.engine_reason = hvp.name, hvp, "requested"
+            return
+        self.hvp = check_engine(hvp)
         if hvp != "auto":
             self._engine = make_engine(hvp, budget=self.memory_budget, dropout=self.dropout)
             self.engine_reason = "requested"

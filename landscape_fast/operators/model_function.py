@@ -38,10 +38,25 @@ from torch.func import functional_call
 from landscape_fast.data import Batch, is_pair
 from landscape_fast.params import ParamSpace
 
+
+def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, the value of ``F.mse_loss`` (mean reduction).
+
+    Written out because ``F.mse_loss`` breaks forward-over-reverse differentiation in torch
+    2.13 ("ZeroTensors are immutable" in its backward's forward derivative).
+    """
+    if outputs.shape != targets.shape:
+        raise ValueError(
+            f"mse: outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} differ in "
+            "shape; reshape the targets (broadcasting would silently change the loss)"
+        )
+    return (outputs - targets).square().mean()
+
+
 _NAMED_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "cross_entropy": F.cross_entropy,
     "ce": F.cross_entropy,
-    "mse": F.mse_loss,
+    "mse": mse,
 }
 
 
@@ -84,15 +99,15 @@ def cross_entropy_spec(loss_fn: Any) -> dict[str, Any] | None:
     change the Hessian with respect to the logits and is allowed.
     """
     if isinstance(loss_fn, str) and loss_fn.lower() in ("ce", "cross_entropy"):
-        return {"ignore_index": -100}
+        return {"ignore_index": -100, "label_smoothing": 0.0}
     if loss_fn is F.cross_entropy:
-        return {"ignore_index": -100}
+        return {"ignore_index": -100, "label_smoothing": 0.0}
     if (
         isinstance(loss_fn, nn.CrossEntropyLoss)
         and loss_fn.weight is None
         and loss_fn.reduction == "mean"
     ):
-        return {"ignore_index": loss_fn.ignore_index}
+        return {"ignore_index": loss_fn.ignore_index, "label_smoothing": loss_fn.label_smoothing}
     return None
 
 
@@ -186,16 +201,41 @@ class ModelFunction:
         """Model outputs of a pair batch at :math:`\\theta`."""
         return functional_call(self._pair_module, self._mapping(theta), (batch,))
 
-    def loss_on_outputs(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The pair loss ``loss_fn(outputs, targets)``."""
-        return self.loss_fn(outputs, batch[1])
+    def loss_on_outputs(
+        self, outputs: torch.Tensor, batch: Batch, fused: bool = False
+    ) -> torch.Tensor:
+        """The pair loss ``loss_fn(outputs, targets)``.
 
-    def loss(self, theta: Sequence[torch.Tensor], batch: Batch) -> torch.Tensor:
-        """The batch's mean loss :math:`L_b(\\theta)` (a scalar tensor)."""
+        With ``fused=True`` a plain cross-entropy on ``(N, C)`` logits with class targets is
+        computed by :func:`~landscape_fast.operators.fused_ce.fused_cross_entropy` (same value
+        and gradient; its second derivative is the fused ``softmax_ce_hvp`` op).
+        """
+        targets = batch[1]
+        spec = self.cross_entropy
+        if (
+            fused
+            and spec is not None
+            and spec["label_smoothing"] == 0.0
+            and outputs.dim() == 2
+            and targets.dim() == 1
+            and not targets.is_floating_point()
+        ):
+            from landscape_fast.operators.fused_ce import fused_cross_entropy
+
+            return fused_cross_entropy(outputs, targets, spec["ignore_index"])
+        return self.loss_fn(outputs, targets)
+
+    def loss(
+        self, theta: Sequence[torch.Tensor], batch: Batch, fused: bool = False
+    ) -> torch.Tensor:
+        """The batch's mean loss :math:`L_b(\\theta)` (a scalar tensor).
+
+        ``fused``: see :meth:`loss_on_outputs`.
+        """
         if self.is_closure(batch):
             value = functional_call(self._closure_module, self._mapping(theta), (batch,))
         else:
-            value = self.loss_on_outputs(self.outputs(theta, batch), batch)
+            value = self.loss_on_outputs(self.outputs(theta, batch), batch, fused)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(
