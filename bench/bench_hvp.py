@@ -1,12 +1,15 @@
 """HVP engines against one gradient: time per vector and peak memory, per workload and block.
 
 For each workload of the zoo (digits MLP on all 1797 digits; ResNet-20 with BatchNorm on 128
-CIFAR-shaped images; a 110k-parameter transformer language model on 64 × 32 tokens) and
-each engine of :class:`landscape_fast.Hessian` (``reverse``, ``cached``, ``forward``,
-``finite_difference``), a product with a block of ``k`` vectors is timed (median of
-``--repeats`` runs after one warm-up product, which also builds the cached engine's graphs)
-and divided by ``k``; the baseline is one plain PyTorch gradient of the same loss on the
-same data (``torch.autograd.grad``), timed the same way in the same process.
+CIFAR-shaped images; a 110k-parameter transformer language model on 64 × 32 tokens; and,
+on request, a language-model head with 1k or 32k classes, ``lm_head_1k``/``lm_head_32k``)
+and each engine of :class:`landscape_fast.Hessian` (``reverse``, ``cached``, ``forward``,
+``finite_difference``; on request ``cached_unfused``, the cached engine with PyTorch's own
+cross-entropy double backward instead of the fused ``softmax_ce_hvp``), a product with a
+block of ``k`` vectors is timed (median of ``--repeats`` runs after one warm-up product,
+which also builds the cached engine's graphs) and divided by ``k``; the baseline is one
+plain PyTorch gradient of the same loss on the same data (``torch.autograd.grad``), timed
+the same way in the same process.
 
 Peak memory: every case runs in a fresh subprocess, which records ``ru_maxrss`` after the
 model, data and operator exist and again after the timed products; the difference is the
@@ -16,6 +19,11 @@ bound of what the engine held). The gradient row gives the same number for one g
 Run (one thread, quiet machine)::
 
     OMP_NUM_THREADS=1 python bench/bench_hvp.py --out bench/results/hvp_cpu.md
+
+The fused cross-entropy at large vocabularies::
+
+    OMP_NUM_THREADS=1 python bench/bench_hvp.py --workloads lm_head_1k lm_head_32k \
+        --engines cached cached_unfused --ks 1 8
 
 A quick smoke run: ``python bench/bench_hvp.py --workloads digits_mlp --ks 1 --repeats 1``.
 """
@@ -32,8 +40,30 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-WORKLOADS = ("digits_mlp", "resnet20", "transformer")
-ENGINES = ("reverse", "cached", "forward", "finite_difference")
+WORKLOADS = ("digits_mlp", "resnet20", "transformer", "lm_head_1k", "lm_head_32k")
+DEFAULT_WORKLOADS = WORKLOADS[:3]
+ENGINES = ("reverse", "cached", "forward", "finite_difference", "cached_unfused")
+DEFAULT_ENGINES = ENGINES[:4]
+
+
+def lm_head(classes: int, tiny: bool = False):
+    """A language-model head: 256 token features (d = 64) -> ``classes`` logits, CE loss.
+
+    The exact Hessian of such a head is dominated by the cross-entropy's second derivative
+    at large vocabularies, which is what ``cached`` (fused ``softmax_ce_hvp``) and
+    ``cached_unfused`` (PyTorch's double backward of ``cross_entropy``) differ in.
+    """
+    import torch
+    from torch import nn
+
+    n, d = (16, 8) if tiny else (256, 64)
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, classes))
+    X = torch.randn(n, d, generator=gen)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return model, nn.CrossEntropyLoss(), (X, y)
+
+
 KS = (1, 4, 16)
 
 
@@ -48,7 +78,11 @@ def run_case(workload: str, engine: str, k: int, repeats: int, tiny: bool) -> di
     from landscape_fast import zoo
 
     torch.manual_seed(0)
-    model, loss_fn, (X, y) = zoo.WORKLOADS[workload](tiny=tiny)
+    if workload.startswith("lm_head"):
+        classes = {"lm_head_1k": 1000, "lm_head_32k": 32000}[workload]
+        model, loss_fn, (X, y) = lm_head(classes, tiny)
+    else:
+        model, loss_fn, (X, y) = zoo.WORKLOADS[workload](tiny=tiny)
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     p = sum(t.numel() for t in params)
@@ -62,7 +96,14 @@ def run_case(workload: str, engine: str, k: int, repeats: int, tiny: bool) -> di
 
         note = ""
     else:
-        H = lf.Hessian(model, loss_fn, (X, y), hvp=engine)
+        if engine == "cached_unfused":
+            from landscape_fast.operators.engines import CachedEngine
+            from landscape_fast.operators.memory import default_budget
+
+            hvp = CachedEngine(default_budget(X.device, None), fused_cross_entropy=False)
+        else:
+            hvp = engine
+        H = lf.Hessian(model, loss_fn, (X, y), hvp=hvp)
         V = torch.randn(k, p, generator=torch.Generator().manual_seed(1))
 
         def product() -> None:
@@ -77,7 +118,7 @@ def run_case(workload: str, engine: str, k: int, repeats: int, tiny: bool) -> di
         product()
         times.append(time.perf_counter() - start)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if engine == "cached":
+    if engine.startswith("cached"):
         eng = H._engine
         note = eng.batching_note or ""
     return {
@@ -141,8 +182,8 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
-    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    ap.add_argument("--workloads", nargs="+", default=list(DEFAULT_WORKLOADS), choices=WORKLOADS)
+    ap.add_argument("--engines", nargs="+", default=list(DEFAULT_ENGINES), choices=ENGINES)
     ap.add_argument("--ks", nargs="+", type=int, default=list(KS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="the zoo's tiny workloads (smoke test)")
