@@ -93,3 +93,339 @@ def operator_with_spectrum(
     A = (U.T * eigs) @ U
     A = (A + A.T) / 2
     return DenseOperator(A.to(dtype)), A
+
+
+# ---------------------------------------------------------------------------------------------
+# Curvature oracles (DESIGN.md, "What correct means here")
+#
+# Deliberately independent of landscape_fast.operators' engines and ModelFunction: plain
+# ``torch.autograd.functional.hessian`` (reverse-over-reverse) of the sample-weighted mean loss
+# over the flat float64 parameter vector, through ``torch.func.functional_call`` on a float64
+# deep copy of the model. Never ``torch.func.hessian`` (jacfwd∘jacrev is silently wrong
+# through affine LayerNorm in torch 2.13).
+# ---------------------------------------------------------------------------------------------
+
+_ORACLE_LOSSES = {
+    "ce": torch.nn.functional.cross_entropy,
+    "cross_entropy": torch.nn.functional.cross_entropy,
+    "mse": torch.nn.functional.mse_loss,
+}
+
+
+class _OracleForward(torch.nn.Module):
+    """``batch -> outputs`` / ``batch -> mean loss`` (pair or closure) with the model as ``m``."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn, mode: str) -> None:
+        super().__init__()
+        self.m = model
+        self.loss_fn = loss_fn
+        self.mode = mode  # "outputs", "pair" or "closure"
+
+    def forward(self, batch):
+        if self.mode == "closure":
+            return self.loss_fn(self.m, batch)
+        inputs = batch[0]
+        out = self.m(**inputs) if isinstance(inputs, dict) else self.m(inputs)
+        return out if self.mode == "outputs" else self.loss_fn(out, batch[1])
+
+
+def _math_attention():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _oracle_batches(batches) -> list:
+    """A list of batches; a single ``(X, y)`` pair of tensors counts as one batch."""
+    if (
+        isinstance(batches, tuple)
+        and len(batches) == 2
+        and all(isinstance(t, torch.Tensor) for t in batches)
+    ):
+        return [batches]
+    if isinstance(batches, torch.Tensor | dict):
+        return [batches]
+    return list(batches)
+
+
+def _to_f64(batch):
+    from torch.utils._pytree import tree_map
+
+    return tree_map(
+        lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
+        batch,
+    )
+
+
+def _batch_len(batch) -> int:
+    from torch.utils._pytree import tree_flatten
+
+    return int(next(t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor)).shape[0])
+
+
+class _Oracle:
+    """A float64 deep copy of the model as a function of one flat parameter vector."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn,
+        batches,
+        params: Sequence[str] | None = None,
+        *,
+        batch_norm: str = "eval",
+        batch_size_fn=None,
+    ) -> None:
+        import copy
+
+        if batch_norm not in ("eval", "batch"):
+            raise ValueError(f"batch_norm must be 'eval' or 'batch', got {batch_norm!r}")
+        m = copy.deepcopy(model).double().eval()
+        for mod in m.modules():
+            if batch_norm == "batch" and isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.track_running_stats = False  # batch statistics, running stats untouched
+                mod.train()
+        named = dict(m.named_parameters())
+        if params is None:
+            self.names = [n for n, p in named.items() if p.requires_grad]
+        else:
+            wanted = set(params)
+            self.names = [n for n in named if n in wanted]
+            if len(self.names) != len(wanted):
+                raise ValueError(f"unknown parameter names {sorted(wanted - set(self.names))}")
+        self.shapes = [named[n].shape for n in self.names]
+        self.numels = [named[n].numel() for n in self.names]
+        self.theta0 = torch.cat([named[n].detach().reshape(-1) for n in self.names])
+        self.batches = [_to_f64(b) for b in _oracle_batches(batches)]
+        size = batch_size_fn or _batch_len
+        self.sizes = [int(size(b)) for b in self.batches]
+        self.total = sum(self.sizes)
+        from landscape_fast.operators.model_function import BatchLoss
+
+        fn = _ORACLE_LOSSES[loss_fn] if isinstance(loss_fn, str) else loss_fn
+        self.closure_forced = isinstance(loss_fn, BatchLoss)
+        self.loss_fn = fn
+        self.pair = _OracleForward(m, fn, "pair")
+        self.closure = _OracleForward(m, fn, "closure")
+        self.forward_outputs = _OracleForward(m, fn, "outputs")
+        self.model = m
+
+    @property
+    def p(self) -> int:
+        return int(self.theta0.numel())
+
+    def mapping(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, start = {}, 0
+        for n, shape, k in zip(self.names, self.shapes, self.numels):
+            out["m." + n] = theta[start : start + k].view(shape)
+            start += k
+        return out
+
+    def _is_closure(self, batch) -> bool:
+        return self.closure_forced or not (isinstance(batch, tuple | list) and len(batch) == 2)
+
+    def batch_loss(self, theta: torch.Tensor, batch) -> torch.Tensor:
+        module = self.closure if self._is_closure(batch) else self.pair
+        with _math_attention():  # the fused CPU kernels have no double backward
+            return torch.func.functional_call(module, self.mapping(theta), (batch,))
+
+    def loss(self, theta: torch.Tensor, weights: str = "samples") -> torch.Tensor:
+        """Sample-weighted mean loss (``weights="batches"``: every batch counts equally)."""
+        total = theta.new_zeros(())
+        for batch, n in zip(self.batches, self.sizes):
+            w = n / self.total if weights == "samples" else 1.0 / len(self.batches)
+            total = total + w * self.batch_loss(theta, batch).reshape(())
+        return total
+
+    def gradient(self, theta: torch.Tensor) -> torch.Tensor:
+        t = theta.detach().clone().requires_grad_()
+        (g,) = torch.autograd.grad(self.loss(t), t, allow_unused=True)
+        return torch.zeros_like(t) if g is None else g
+
+    def outputs(self, theta: torch.Tensor, batch) -> torch.Tensor:
+        """Model outputs of a pair batch at ``theta``."""
+        with _math_attention():
+            return torch.func.functional_call(self.forward_outputs, self.mapping(theta), (batch,))
+
+
+def dense_hessian(
+    model: torch.nn.Module,
+    loss_fn,
+    batches,
+    params: Sequence[str] | None = None,
+    *,
+    batch_norm: str = "eval",
+    weights: str = "samples",
+    batch_size_fn=None,
+) -> torch.Tensor:
+    r"""Dense float64 Hessian of the sample-weighted mean loss (the test oracle).
+
+    .. math:: H = \nabla^2_\theta \frac{1}{N}\sum_b n_b L_b(\theta)
+
+    over the parameters named in ``params`` (default: every parameter with
+    ``requires_grad``, in ``named_parameters()`` order), by reverse-over-reverse
+    (``torch.autograd.functional.hessian``) on a float64 deep copy of ``model`` in eval mode
+    (``batch_norm="batch"``: BatchNorm layers use batch statistics and never update their
+    running statistics). ``batches``: an ``(X, y)`` pair or a list of batches; pair batches
+    use ``loss_fn(outputs, targets)``, dict/tensor batches (or a ``BatchLoss``) use the
+    closure ``loss_fn(model, batch)``. ``weights="batches"`` weights every batch equally (the
+    wrong answer for a short last batch; for tests that show the difference).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Linear(3, 1, bias=False)
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> H = dense_hessian(model, "mse", (X, torch.zeros(5, 1)))
+        >>> torch.allclose(H, 2 * X.T @ X / 5)
+        True
+    """
+    o = _Oracle(model, loss_fn, batches, params, batch_norm=batch_norm, batch_size_fn=batch_size_fn)
+    H = torch.autograd.functional.hessian(lambda t: o.loss(t, weights), o.theta0.clone())
+    return H.detach()
+
+
+def hessian_matmat(
+    model: torch.nn.Module,
+    loss_fn,
+    batches,
+    V: torch.Tensor,
+    params: Sequence[str] | None = None,
+    *,
+    batch_norm: str = "eval",
+    batch_size_fn=None,
+) -> torch.Tensor:
+    r"""Rows :math:`H v_j` (float64) of the oracle Hessian, for models too big for
+    :func:`dense_hessian`: one double backward of :math:`\nabla L \cdot v_j` per row."""
+    o = _Oracle(model, loss_fn, batches, params, batch_norm=batch_norm, batch_size_fn=batch_size_fn)
+    t = o.theta0.clone().requires_grad_()
+    (g,) = torch.autograd.grad(o.loss(t), t, create_graph=True)
+    rows = [torch.autograd.grad(g, t, v.double(), retain_graph=True)[0] for v in V]
+    return torch.stack(rows).detach()
+
+
+def fd_hessian_matmat(
+    model: torch.nn.Module,
+    loss_fn,
+    batches,
+    V: torch.Tensor,
+    params: Sequence[str] | None = None,
+    *,
+    batch_norm: str = "eval",
+    batch_size_fn=None,
+    h: float = 1e-5,
+) -> torch.Tensor:
+    r"""Rows :math:`(\nabla L(\theta + h\hat v) - \nabla L(\theta - h\hat v)) \|v\| / 2h`
+    (central differences of float64 gradients, ``\hat v = v / \|v\|``): a first-order-only
+    cross-check of the oracle, error :math:`O(h^2)` plus rounding :math:`O(\epsilon / h)`."""
+    o = _Oracle(model, loss_fn, batches, params, batch_norm=batch_norm, batch_size_fn=batch_size_fn)
+    rows = []
+    for v in V.double():
+        nv = float(v.norm())
+        u = v / nv
+        rows.append((o.gradient(o.theta0 + h * u) - o.gradient(o.theta0 - h * u)) * nv / (2 * h))
+    return torch.stack(rows)
+
+
+def fd_hessian_check(
+    H: torch.Tensor,
+    model: torch.nn.Module,
+    loss_fn,
+    batches,
+    params: Sequence[str] | None = None,
+    *,
+    batch_norm: str = "eval",
+    num_vectors: int = 3,
+    h: float = 1e-5,
+    seed: int = 0,
+) -> float:
+    """Relative Frobenius error between ``V H`` and finite differences of the gradient along
+    ``num_vectors`` random directions (columns of ``H`` when ``num_vectors`` >= p)."""
+    p = H.shape[0]
+    if num_vectors >= p:
+        V = torch.eye(p, dtype=torch.float64)
+    else:
+        V = torch.randn(
+            num_vectors, p, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+        )
+    fd = fd_hessian_matmat(model, loss_fn, batches, V, params, batch_norm=batch_norm, h=h)
+    exact = V @ H.double()
+    return rel_error(fd, exact)
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``‖actual − expected‖_F / ‖expected‖_F`` in float64."""
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return float((a - e).norm() / e.norm().clamp_min(1e-300))
+
+
+def dense_gradient(
+    model: torch.nn.Module,
+    loss_fn,
+    batches,
+    params: Sequence[str] | None = None,
+    *,
+    batch_norm: str = "eval",
+    batch_size_fn=None,
+) -> tuple[float, torch.Tensor]:
+    """Sample-weighted mean loss and its float64 gradient (plain autograd)."""
+    o = _Oracle(model, loss_fn, batches, params, batch_norm=batch_norm, batch_size_fn=batch_size_fn)
+    t = o.theta0.clone().requires_grad_()
+    loss = o.loss(t)
+    (g,) = torch.autograd.grad(loss, t)
+    return float(loss.detach()), g.detach()
+
+
+def dense_ggn(
+    model: torch.nn.Module,
+    loss_fn,
+    batches,
+    params: Sequence[str] | None = None,
+    *,
+    V: torch.Tensor | None = None,
+    batch_norm: str = "eval",
+) -> torch.Tensor:
+    r"""Dense float64 GGN :math:`\frac1N\sum_b n_b J_b^\top (\nabla^2_f L_b) J_b` (pair batches),
+    or its rows ``V G`` for a ``(k, p)`` block ``V`` (models too big for a dense ``p × p``).
+
+    :math:`J_b` is the Jacobian of the flattened outputs (``torch.func.jacrev``, no nested
+    forward mode), :math:`\nabla^2_f L_b` the Hessian of ``loss_fn(outputs, targets)`` in the
+    outputs (``torch.autograd.functional.hessian``).
+    """
+    o = _Oracle(model, loss_fn, batches, params, batch_norm=batch_norm)
+    fn = o.loss_fn
+    G = torch.zeros(o.p, o.p, dtype=torch.float64) if V is None else torch.zeros_like(V.double())
+    for batch, n in zip(o.batches, o.sizes):
+        out0 = o.outputs(o.theta0, batch).detach()
+        J = torch.func.jacrev(lambda t, b=batch: o.outputs(t, b).reshape(-1))(o.theta0.clone())
+        Hl = torch.autograd.functional.hessian(
+            lambda z, b=batch, s=out0.shape: fn(z.view(s), b[1]), out0.reshape(-1).clone()
+        )
+        if V is None:
+            G += (n / o.total) * (J.T @ Hl @ J)
+        else:
+            G += (n / o.total) * ((V.double() @ J.T) @ Hl @ J)
+    return G
+
+
+def per_sample_grads(
+    model: torch.nn.Module,
+    loss_fn,
+    batches,
+    params: Sequence[str] | None = None,
+) -> torch.Tensor:
+    """``(N, p)`` float64 gradients of the loss of each single sample (a batch of one), one
+    plain backward per sample, in eval mode."""
+    from torch.utils._pytree import tree_map
+
+    o = _Oracle(model, loss_fn, batches, params)
+    rows = []
+    for batch, n in zip(o.batches, o.sizes):
+        for i in range(n):
+            sample = tree_map(
+                lambda x, i=i: x[i : i + 1] if isinstance(x, torch.Tensor) else x, batch
+            )
+            t = o.theta0.clone().requires_grad_()
+            (g,) = torch.autograd.grad(o.batch_loss(t, sample).reshape(()), t, allow_unused=True)
+            rows.append(torch.zeros_like(t) if g is None else g)
+    return torch.stack(rows).detach()

@@ -18,7 +18,7 @@ Each engine computes, for one data batch :math:`b` with mean loss :math:`L_b` an
 ``finite_difference``
     Central differences of gradients,
     :math:`Hv \approx (\nabla L(\theta + hv) - \nabla L(\theta - hv)) / 2h` with
-    :math:`h = \epsilon_{\text{dtype}}^{1/3} \max(1, \|\theta\|_\infty) / \|v\|_\infty`:
+    :math:`h = \epsilon_{\text{dtype}}^{1/3} \max(1, \|\theta\|_\infty) / \|v\|_2`:
     needs only first derivatives (fused attention kernels, custom ops without double
     backward). Error :math:`O(h^2 \|\nabla^3 L\|) + O(\epsilon / h)`, about
     :math:`\epsilon^{2/3}` relative (3e-11 in float64, 4e-5 in float32).
@@ -28,6 +28,7 @@ Example:
     >>> from torch import nn
     >>> from landscape_fast.params import ParamSpace
     >>> from landscape_fast.operators.model_function import ModelFunction
+from landscape_fast.operators.semantics import ModelFingerprint
     >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
     >>> f = ModelFunction(model, "mse", ParamSpace(model))
     >>> batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
@@ -50,9 +51,10 @@ from typing import Any
 import torch
 from torch import autograd
 
-from landscape_fast.data import Batch
+from landscape_fast.data import Batch, slice_batch, to_device
 from landscape_fast.operators.memory import GraphMeter
 from landscape_fast.operators.model_function import ModelFunction
+from landscape_fast.operators.semantics import ModelFingerprint
 
 ENGINES = ("auto", "reverse", "cached", "forward", "finite_difference")
 
@@ -143,6 +145,30 @@ def block_vjp(
     ]
 
 
+def assert_twice_differentiable(tensors: Sequence[torch.Tensor | None], what: str) -> None:
+    """Raise if the graph behind ``tensors`` passes through a once-differentiable backward.
+
+    A custom ``autograd.Function`` whose backward is ``@once_differentiable`` returns, under
+    ``create_graph=True``, outputs whose graph is cut off (an error node over detached
+    copies, ``torch::autograd::Error``): differentiating them again silently drops every
+    term through it. One walk over the graph finds those nodes.
+    """
+    seen: set[int] = set()
+    stack = [t.grad_fn for t in tensors if t is not None and t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.name() in ("torch::autograd::Error", "torch::autograd::DelayedError"):
+            raise RuntimeError(
+                f"{what}: the model's backward is not differentiable (a custom "
+                "autograd.Function with a once_differentiable backward?); double backward "
+                "would silently drop the terms through it. Use hvp='finite_difference'."
+            )
+        stack.extend(fn for fn, _ in node.next_functions)
+
+
 class HVPEngine:
     """Base class: ``batch_products`` computes :math:`\\nabla^2 L_b\\, v_j` for a block.
 
@@ -181,6 +207,7 @@ class ReverseEngine(HVPEngine):
         theta = f.parameters()
         loss = checked_loss(f, theta, batch, index)
         grads = list(autograd.grad(loss, theta, create_graph=True, allow_unused=True))
+        assert_twice_differentiable(grads, "reverse HVP")
         return block_vjp(grads, theta, views, batched=False)
 
 
@@ -210,7 +237,7 @@ class CachedEngine(HVPEngine):
         self.budget = int(budget)
         self.fused_cross_entropy = fused_cross_entropy
         self._cache: dict[int, tuple[list[torch.Tensor], Grads]] = {}
-        self._versions: tuple[int, ...] | None = None
+        self._state: ModelFingerprint | None = None
         self.graph_bytes: dict[int, int] = {}
         self.batched: bool | None = None
         self.batching_note: str | None = None
@@ -222,19 +249,19 @@ class CachedEngine(HVPEngine):
     def reset(self) -> None:
         self._cache.clear()
         self.graph_bytes.clear()
-        self._versions = None
+        self._state = None
 
     def begin_pass(self, f: ModelFunction) -> None:
-        versions = tuple(p._version for p in f.space.params)
-        if versions != self._versions:  # the parameters moved: cached graphs are stale
+        if self._state is None or not self._state.matches():  # stale graphs: the model changed
             self.reset()
-            self._versions = versions
+            self._state = ModelFingerprint(f.model)
 
     def _build(self, f, index, batch) -> tuple[list[torch.Tensor], Grads]:
         theta = f.parameters()
         with GraphMeter(exclude=tuple(theta)) as meter:
             loss = checked_loss(f, theta, batch, index, fused=self.fused_cross_entropy)
             grads = list(autograd.grad(loss, theta, create_graph=True, allow_unused=True))
+        assert_twice_differentiable(grads, "cached HVP")
         self.graph_bytes[index] = meter.bytes
         if self.cached_bytes + meter.bytes <= self.budget // 2:
             self._cache[index] = (theta, grads)
@@ -347,13 +374,16 @@ class FiniteDifferenceEngine(HVPEngine):
         self.step_scale = float(step_scale)
 
     def step(self, theta: Sequence[torch.Tensor], v: Sequence[torch.Tensor]) -> float:
-        """The step :math:`h` for direction ``v`` at ``theta``."""
+        r"""The step :math:`h` for direction ``v`` at ``theta``: the perturbation :math:`hv` has
+        Euclidean length :math:`\epsilon^{1/3} \max(1, \|\theta\|_\infty)`, whatever
+        the number of parameters (a step sized per coordinate would grow like
+        :math:`\sqrt p` and cross more activation kinks)."""
         eps = torch.finfo(theta[0].dtype).eps
         theta_max = max(float(t.detach().abs().max()) for t in theta if t.numel())
-        v_max = max(float(x.abs().max()) for x in v if x.numel())
-        if v_max == 0.0:
+        v_norm = math.sqrt(sum(float(x.double().square().sum()) for x in v))
+        if v_norm == 0.0:
             return 0.0
-        return self.step_scale * eps ** (1.0 / 3.0) * max(1.0, theta_max) / v_max
+        return self.step_scale * eps ** (1.0 / 3.0) * max(1.0, theta_max) / v_norm
 
     def batch_products(self, f, index, batch, views, fresh_rng=contextlib.nullcontext):
         base = f.parameters(requires_grad=False)
@@ -389,6 +419,51 @@ def make_engine(name: str, *, budget: int, dropout: bool) -> HVPEngine:
     raise ValueError(f"no engine named {name!r}")  # pragma: no cover - validated upstream
 
 
+#: Largest disagreement with finite differences (float64, few samples) an exact engine may
+#: show in :func:`probe` before it counts as broken.
+VERIFY_TOL = 1e-6
+
+
+def verify_against_finite_differences(
+    f: ModelFunction,
+    batch: Batch,
+    name: str,
+    *,
+    rng: RngFactory,
+    dropout: bool = False,
+    samples: int = 8,
+) -> float:
+    r"""Relative disagreement of engine ``name`` with finite differences, in float64.
+
+    Catches derivative rules that are silently incomplete: a custom ``autograd.Function``
+    whose backward is ``once_differentiable`` makes double backward drop second-order
+    terms without any error. The check runs the model in float64 on the first ``samples``
+    samples of ``batch`` (cheap whatever the model), for one random direction, and keeps
+    the smaller error of two finite-difference steps (a step can cross a ReLU kink).
+    """
+    f64 = ModelFunction(f.model, f.raw_loss, f.space, torch.float64)
+    try:
+        small = to_device(slice_batch(batch, 0, samples), f.space.device, torch.float64)
+        with rng():
+            f64.loss(f64.parameters(requires_grad=False), small)
+    except Exception:  # a closure that cannot take a slice: use the whole batch
+        small = to_device(batch, f.space.device, torch.float64)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    v = torch.randn(1, f.space.numel, generator=gen, dtype=torch.float64)
+    views = f.space.views(v.to(f.space.device))
+    engine = make_engine(name, budget=1 << 30, dropout=dropout)
+    with rng():
+        exact = f.space.flatten(
+            engine.batch_products(f64, 0, small, views, rng), dtype=torch.float64
+        )
+    errors = []
+    for step_scale in (1.0, 0.05):
+        with rng():
+            fd_rows = FiniteDifferenceEngine(step_scale).batch_products(f64, 0, small, views, rng)
+        errors.append(relative_error(exact, f.space.flatten(fd_rows, dtype=torch.float64)))
+    return min(errors)
+
+
 def probe(
     f: ModelFunction,
     batch: Batch,
@@ -398,10 +473,11 @@ def probe(
     dropout: bool,
     rng: RngFactory,
 ) -> tuple[HVPEngine | None, dict[str, str]]:
-    """The first engine among ``candidates`` that runs on ``batch`` (``None`` if none does),
-    and why the others did not.
+    """The first engine among ``candidates`` that runs on ``batch`` and is right (``None``
+    if none is), and why the others were rejected.
 
-    Runs one product with a random vector per candidate until one succeeds.
+    Each candidate computes one product with a random vector; exact engines are then
+    cross-checked against finite differences (:func:`verify_against_finite_differences`).
     """
     failures: dict[str, str] = {}
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -414,6 +490,15 @@ def probe(
         try:
             with rng():
                 engine.batch_products(f, 0, batch, views, rng)
+            if name != "finite_difference":
+                error = verify_against_finite_differences(f, batch, name, rng=rng, dropout=dropout)
+                if not error <= VERIFY_TOL:
+                    failures[name] = (
+                        f"disagrees with finite differences by {error:.1e} (relative, float64): "
+                        "a layer's second derivative is missing or wrong (e.g. a custom "
+                        "autograd.Function whose backward is once_differentiable)"
+                    )
+                    continue
         except FloatingPointError:
             raise
         except (RuntimeError, NotImplementedError) as err:

@@ -44,7 +44,7 @@ import torch
 from landscape_fast.data import Batch, slice_batch, unsqueeze_batch
 from landscape_fast.operators.engines import check_finite_loss
 from landscape_fast.operators.model_operator import ModelOperator
-from landscape_fast.operators.semantics import ModelSemantics
+from landscape_fast.operators.semantics import ModelFingerprint, ModelSemantics
 
 
 class PerSampleGradientOperator(ModelOperator):
@@ -71,7 +71,7 @@ class PerSampleGradientOperator(ModelOperator):
             )
         self._cache: dict[int, torch.Tensor] = {}
         self._cache_ok = True
-        self._versions: tuple[int, ...] | None = None
+        self._state: ModelFingerprint | None = None
         self._mean: torch.Tensor | None = None
         self._checked = False
 
@@ -133,24 +133,23 @@ class PerSampleGradientOperator(ModelOperator):
             check_finite_loss(batch_loss, index)
             mean = vmap(sample_loss)(batch).mean()
         tol = 1e3 * torch.finfo(self.compute_dtype).eps * max(1.0, abs(float(batch_loss)))
-        if abs(float(mean) - float(batch_loss)) > tol:
+        if not abs(float(mean) - float(batch_loss)) <= tol:  # NaN fails too
             raise ValueError(
                 f"{type(self).__name__}: the batch loss ({float(batch_loss):.6g}) is not the mean "
                 f"of the per-sample losses ({float(mean):.6g}), so per-sample gradients are not "
                 "defined by it. Use a mean-reduced loss whose value on a batch is the average "
-                "of its values on single samples (no class weights, no ignore_index padding "
-                "that varies per sample)."
+                "of its values on single samples: no reduction='sum', no class weights, no "
+                "ignore_index targets (a sample whose only target is ignored has a NaN loss)."
             )
         self._checked = True
 
     # ------------------------------------------------------------------ products
     def _before_pass(self) -> None:
-        versions = tuple(p._version for p in self.space.params)
-        if versions != self._versions:  # parameters moved: drop cached gradients
+        if self._state is None or not self._state.matches():  # the model changed: drop caches
             self._cache.clear()
             self._cache_ok = True
             self._mean = None
-            self._versions = versions
+            self._state = ModelFingerprint(self.model)
 
     def mean_gradient(self) -> torch.Tensor:
         r""":math:`\bar g = \nabla L` (cached while the parameters are unchanged)."""

@@ -38,7 +38,11 @@ import torch
 from torch import autograd
 
 from landscape_fast.data import Batch
-from landscape_fast.operators.engines import block_vjp, check_finite_loss
+from landscape_fast.operators.engines import (
+    assert_twice_differentiable,
+    block_vjp,
+    check_finite_loss,
+)
 from landscape_fast.operators.model_operator import ModelOperator
 from landscape_fast.operators.semantics import ModelSemantics
 
@@ -113,6 +117,7 @@ class GGN(ModelOperator):
         views = self.space.views(V)
         u = torch.zeros_like(outputs, requires_grad=True)
         jtu = autograd.grad(outputs, theta, u, create_graph=True, allow_unused=True)
+        assert_twice_differentiable(jtu, "GGN (Jacobian products by double backward)")
         try:
             (JV,) = block_vjp(list(jtu), [u], views, batched=self.batched)
         except RuntimeError:

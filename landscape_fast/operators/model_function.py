@@ -160,22 +160,30 @@ class ModelFunction:
         self.dtype = dtype
         self._pair_module = _Forward(model, None)
         self._closure_module = _Forward(model, self.loss_fn)
-        self._fixed = self._fixed_tensors()
+        selected = {id(p) for p in space.params}
+        self._others = [
+            (name, t)
+            for name, t in model.named_parameters(remove_duplicate=False)
+            if id(t) not in selected
+        ]
 
     def _fixed_tensors(self) -> dict[str, torch.Tensor]:
-        """Unselected parameters and buffers, cast to the compute dtype where needed."""
-        if self.dtype is None:
-            return {}
-        selected = {id(p) for p in self.space.params}
+        """Current values of everything that is not :math:`\theta` (read at every call).
+
+        Unselected parameters are detached (they are constants here, and must not take part
+        in autograd or function transforms); when the compute dtype differs, they and the
+        floating buffers are cast to it.
+        """
         fixed: dict[str, torch.Tensor] = {}
-        named = list(self.model.named_parameters(remove_duplicate=False)) + list(
-            self.model.named_buffers(remove_duplicate=False)
-        )
-        for name, t in named:
-            if id(t) in selected or t is None:
-                continue
-            if t.is_floating_point() and t.dtype != self.dtype:
-                fixed["m." + name] = t.detach().to(self.dtype)
+        for name, t in self._others:
+            t = t.detach()
+            if self.dtype is not None and t.is_floating_point() and t.dtype != self.dtype:
+                t = t.to(self.dtype)
+            fixed["m." + name] = t
+        if self.dtype is not None:
+            for name, b in self.model.named_buffers(remove_duplicate=False):
+                if b is not None and b.is_floating_point() and b.dtype != self.dtype:
+                    fixed["m." + name] = b.detach().to(self.dtype)
         return fixed
 
     def parameters(self, requires_grad: bool = True) -> list[torch.Tensor]:
@@ -193,7 +201,7 @@ class ModelFunction:
         return self.forced_closure or not is_pair(batch)
 
     def _mapping(self, theta: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        mapping = dict(self._fixed)
+        mapping = self._fixed_tensors()
         mapping.update({"m." + n: t for n, t in zip(self.space.names, theta)})
         return mapping
 

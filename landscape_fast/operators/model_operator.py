@@ -124,7 +124,7 @@ class ModelOperator(CurvatureOperator):
         if by == "layer":
             groups = list(self.space.layers().values())
         elif by == "param":
-            groups = list(self.space.slices().values())
+            groups = list(self.space.slices.values())
         else:
             raise ValueError(f"by must be 'layer' or 'param', got {by!r}")
         return BlockDiagonalOperator(self, groups)

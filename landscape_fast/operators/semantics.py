@@ -158,3 +158,39 @@ class ModelSemantics:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(0x5EED + index)
             yield
+
+
+class ModelFingerprint:
+    """An exact copy of a model's parameters and buffers, to tell whether anything changed.
+
+    Cached curvature (kept graphs, per-sample gradients) is valid only at the point where it
+    was built. Version counters miss writes through ``.data`` and say nothing about buffers
+    (BatchNorm recalibration), so the values themselves are compared: one extra copy of the
+    model's state and one pass over it per product, negligible next to the cached graphs.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Linear(2, 2)
+        >>> fp = ModelFingerprint(model)
+        >>> fp.matches()
+        True
+        >>> model.weight.data.add_(1.0) is not None and fp.matches()
+        False
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._saved = [
+            (t, t.detach().clone())
+            for t in (*model.parameters(), *(b for b in model.buffers() if b is not None))
+        ]
+
+    def matches(self) -> bool:
+        """Whether every parameter and buffer still holds the saved value (and object)."""
+        current = [*self.model.parameters(), *(b for b in self.model.buffers() if b is not None)]
+        if len(current) != len(self._saved):
+            return False
+        return all(
+            t is ref and t.shape == saved.shape and torch.equal(t.detach(), saved)
+            for t, (ref, saved) in zip(current, self._saved)
+        )

@@ -101,13 +101,35 @@ def test_auto_falls_back_to_finite_differences_without_double_backward():
         lf.Hessian(model, "ce", _data(), hvp="reverse").matmat(V)
 
 
-def test_check_hvp_catches_a_silently_wrong_double_backward():
+def test_silently_wrong_double_backward_is_refused_and_auto_uses_finite_differences():
     torch.manual_seed(0)
-    report = lf.check_hvp(_FusedTanhNet(_SilentTanh).double(), "ce", _data())
-    assert not report.ok
-    assert report.max_error("finite_difference") > 1e-3  # the truth disagrees with autograd
-    assert "forward" in report.failures  # no forward-mode rule
-    assert "DISAGREES" in str(report)
+    model = _FusedTanhNet(_SilentTanh).double()
+    V = torch.randn(2, 32, dtype=torch.float64)
+    for hvp in ("reverse", "cached"):
+        with pytest.raises(RuntimeError, match="not differentiable"):
+            lf.Hessian(model, "ce", _data(), hvp=hvp).matmat(V)
+    H = lf.Hessian(model, "ce", _data())
+    out = H.matmat(V)
+    assert H.engine == "finite_difference" and "not differentiable" in H.engine_reason
+    twin = _FusedTanhNet(_NoDoubleBackward).double()
+    exact = lf.Hessian(twin, "ce", _data(), hvp="finite_difference")
+    exact.model.load_state_dict(model.state_dict())
+    assert torch.allclose(out, exact.matmat(V))
+
+
+def test_auto_rejects_an_engine_that_disagrees_with_finite_differences(monkeypatch):
+    from landscape_fast.operators import engines
+
+    real = engines.CachedEngine.batch_products
+
+    def wrong(self, *args, **kwargs):
+        return [None if t is None else 1.5 * t for t in real(self, *args, **kwargs)]
+
+    monkeypatch.setattr(engines.CachedEngine, "batch_products", wrong)
+    H = lf.Hessian(_mlp(), "ce", _data())
+    H.matmat(torch.randn(1, H.shape[0], dtype=torch.float64))
+    assert H.engine == "forward"
+    assert "cached failed: disagrees with finite differences" in H.engine_reason
 
 
 def test_cached_engine_keeps_graphs_within_budget_and_rebuilds_after_a_step():
@@ -145,7 +167,7 @@ def test_finite_difference_step_and_zero_vector():
     eng = FiniteDifferenceEngine()
     theta = [torch.full((3,), 4.0, dtype=torch.float64)]
     h = eng.step(theta, [torch.ones(3, dtype=torch.float64)])
-    assert h == pytest.approx(torch.finfo(torch.float64).eps ** (1 / 3) * 4.0)
+    assert h == pytest.approx(torch.finfo(torch.float64).eps ** (1 / 3) * 4.0 / 3**0.5)
     H = lf.Hessian(_mlp(), "ce", _data(), hvp="finite_difference")
     assert torch.equal(
         H.matmat(torch.zeros(1, H.shape[0], dtype=torch.float64)),
