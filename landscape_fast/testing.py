@@ -10,8 +10,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
 from landscape_fast.operators.dense import DenseOperator
 from landscape_fast.ops.block_reorth import BASIS_DTYPES
@@ -429,3 +431,60 @@ def per_sample_grads(
             (g,) = torch.autograd.grad(o.batch_loss(t, sample).reshape(()), t, allow_unused=True)
             rows.append(torch.zeros_like(t) if g is None else g)
     return torch.stack(rows).detach()
+
+
+# ---------------------------------------------------------------------------------------
+# Layers whose derivatives are incomplete, for testing that the engines notice.
+class _RaisesOnBackward(torch.autograd.Function):
+    """Identity whose derivative is missing (like a fused attention kernel's backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("derivative for fused_backward is not implemented")
+
+
+class FirstOrderTanhFn(torch.autograd.Function):
+    """tanh whose backward has no derivative: double backward raises (fused kernels)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return _RaisesOnBackward.apply(g * (1 - y * y))
+
+
+class OnceDifferentiableTanhFn(torch.autograd.Function):
+    """tanh with a ``@once_differentiable`` backward: double backward through it silently
+    drops terms in torch (the graph is cut), unless the engine detects it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+class TanhVia(nn.Module):
+    """``nn.Tanh`` computed by one of the functions above (``fn.apply``)."""
+
+    def __init__(self, fn: type[torch.autograd.Function]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn.apply(x)

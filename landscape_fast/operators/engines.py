@@ -220,26 +220,30 @@ class CachedEngine(HVPEngine):
             :func:`~landscape_fast.operators.fused_ce.fused_cross_entropy` (its second
             derivative is the fused ``softmax_ce_hvp`` op). The ``reverse`` reference engine
             always uses PyTorch's own ``cross_entropy``, so ``check_hvp`` compares the two.
+        batched: ``True``: push the block through one batched second backward
+            (``is_grads_batched``, chunked to the budget); ``False``: loop over the block on
+            the retained graph; ``None`` (default): loop on CPU, and on CUDA time both on
+            the first block of 2+ vectors and keep the faster. On CPU the loop won on every
+            workload measured (BENCHMARKS.md: vmapped matmuls are no faster than k plain
+            ones on a compute-bound core, and the trial itself cost up to 29 s and 4 GB on
+            ResNet-20 with 16 vectors).
 
     Attributes:
         graph_bytes: Measured bytes of each built batch graph (by batch index).
-        batched: Whether the block goes through one batched second backward
-            (``is_grads_batched``) or a loop of second backwards over the retained graph.
-            ``None`` until the first block of 2+ vectors, when both are timed on that block
-            and the faster kept (on CPU the loop often wins: vmapped backward kernels of
-            attention and normalization layers are slower than k plain ones).
         batching_note: What the timing found (or why batching was turned off).
     """
 
     name = "cached"
 
-    def __init__(self, budget: int, fused_cross_entropy: bool = True) -> None:
+    def __init__(
+        self, budget: int, fused_cross_entropy: bool = True, batched: bool | None = None
+    ) -> None:
         self.budget = int(budget)
         self.fused_cross_entropy = fused_cross_entropy
         self._cache: dict[int, tuple[list[torch.Tensor], Grads]] = {}
         self._state: ModelFingerprint | None = None
         self.graph_bytes: dict[int, int] = {}
-        self.batched: bool | None = None
+        self.batched = batched
         self.batching_note: str | None = None
 
     @property
@@ -273,6 +277,9 @@ class CachedEngine(HVPEngine):
         per_vector = max(self.graph_bytes.get(index, 1), 1)
         room = max(self.budget - self.cached_bytes, per_vector)
         chunk = max(1, min(k, room // per_vector))
+        if self.batched is None and views[0].device.type != "cuda":
+            self.batched = False
+            self.batching_note = "CPU: looped second backward (batched is slower on CPU)"
         if k == 1 or self.batched is False:
             return block_vjp(grads, theta, views, batched=False)
         if self.batched:

@@ -103,16 +103,7 @@ class PerSampleGradientOperator(ModelOperator):
                 view.copy_(g)
         if not self._checked:
             self._check_per_sample(theta, batch, index)
-        if not bool(torch.isfinite(G).all()):
-            bad = [
-                name
-                for name, view in zip(self.space.names, self.space.views(G))
-                if not bool(torch.isfinite(view).all())
-            ]
-            raise FloatingPointError(
-                f"{type(self).__name__}: non-finite per-sample gradients on batch {index} in "
-                f"parameters {bad}; check that batch's inputs or try dtype=torch.float64"
-            )
+        self._check_finite(G, index, "per-sample gradients")
         used = sum(t.numel() for t in self._cache.values()) * itemsize
         if self._cache_ok and used + G.numel() * itemsize <= self.memory_budget // 2:
             self._cache[index] = G

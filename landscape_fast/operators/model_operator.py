@@ -165,18 +165,22 @@ class ModelOperator(CurvatureOperator):
                 total += n
         return out.div_(total)
 
-    def _check_finite(self, prod: torch.Tensor, index: int) -> None:
-        if bool(torch.isfinite(prod).all()):
+    def _check_finite(
+        self, block: torch.Tensor, index: int, what: str = "curvature product"
+    ) -> None:
+        """Raise ``FloatingPointError`` naming the batch and the parameters if ``block``
+        (rows in parameter space) holds a non-finite value."""
+        if bool(torch.isfinite(block).all()):
             return
         bad = [
             name
-            for name, view in zip(self.space.names, self.space.views(prod))
+            for name, view in zip(self.space.names, self.space.views(block))
             if not bool(torch.isfinite(view).all())
         ]
         raise FloatingPointError(
-            f"{type(self).__name__}: non-finite curvature product on batch {index} in "
-            f"parameters {bad}. The loss is finite there, so a layer's derivative overflowed: "
-            "try dtype=torch.float64 or check those layers"
+            f"{type(self).__name__}: non-finite {what} on batch {index} in parameters {bad}. "
+            "The loss is finite there, so a layer's derivative overflowed: try "
+            "dtype=torch.float64 or check those layers and that batch's inputs"
         )
 
     # ------------------------------------------------------------------ first order

@@ -647,7 +647,9 @@ def _benchmark(lib_path: str | None) -> None:  # pragma: no cover - needs a GPU
     import time
 
     if lib_path is None:
-        lib_path = str(cu._backend._cuda_library_path() or "")
+        from landscape_fast import _backend
+
+        lib_path = str(_backend._cuda_library_path() or "")
     if not lib_path:
         out = Path(tempfile.mkdtemp())
         arch = _gpu_arch() or "90"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import landscape_fast as lf
+from landscape_fast import testing as T
 from landscape_fast import zoo
 from landscape_fast.operators import engines
 from landscape_fast.operators.check import tolerance
@@ -190,33 +191,12 @@ def test_reports_an_engine_that_cannot_run(monkeypatch: pytest.MonkeyPatch) -> N
     assert "cannot run: NotImplementedError" in str(report)
 
 
-class _OnceTanh(torch.autograd.Function):
-    """tanh with a first-order-only backward, like many fused custom kernels."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return g * (1 - y * y)
-
-
-class _OnceTanhModule(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _OnceTanh.apply(x)
-
-
 def test_flags_a_silently_wrong_double_backward() -> None:
     """Double backward through a once_differentiable Function would silently drop terms
     (torch returns None for them under allow_unused=True): the double-backward engines
     detect the cut graph and refuse, forward mode has no rule, finite differences run."""
     model = _mlp(nn.Tanh)
-    model[1] = _OnceTanhModule()
+    model[1] = T.TanhVia(T.OnceDifferentiableTanhFn)
     report = lf.check_hvp(model, "ce", _mlp_data())
     for engine in ("reverse", "cached"):
         assert "not differentiable" in report.failures[engine], str(report)

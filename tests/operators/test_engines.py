@@ -7,54 +7,12 @@ import torch
 from torch import nn
 
 import landscape_fast as lf
+from landscape_fast import testing as T
 from landscape_fast.operators.engines import CachedEngine, FiniteDifferenceEngine, block_vjp
 
 
-class _RaisesOnBackward(torch.autograd.Function):
-    """Identity whose derivative is missing (like a fused attention kernel's backward)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        raise RuntimeError("derivative for fused_backward is not implemented")
-
-
-class _NoDoubleBackward(torch.autograd.Function):
-    """tanh whose backward has no derivative (double backward raises)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return _RaisesOnBackward.apply(g * (1 - y * y))
-
-
-class _SilentTanh(torch.autograd.Function):
-    """tanh with a once-differentiable backward: double backward silently drops a term."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return g * (1 - y * y)
-
-
 class _FusedTanhNet(nn.Module):
-    def __init__(self, fn=_NoDoubleBackward) -> None:
+    def __init__(self, fn=T.FirstOrderTanhFn) -> None:
         super().__init__()
         self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 2)
         self.fn = fn
@@ -103,7 +61,7 @@ def test_auto_falls_back_to_finite_differences_without_double_backward():
 
 def test_silently_wrong_double_backward_is_refused_and_auto_uses_finite_differences():
     torch.manual_seed(0)
-    model = _FusedTanhNet(_SilentTanh).double()
+    model = _FusedTanhNet(T.OnceDifferentiableTanhFn).double()
     V = torch.randn(2, 32, dtype=torch.float64)
     for hvp in ("reverse", "cached"):
         with pytest.raises(RuntimeError, match="not differentiable"):
@@ -111,7 +69,7 @@ def test_silently_wrong_double_backward_is_refused_and_auto_uses_finite_differen
     H = lf.Hessian(model, "ce", _data())
     out = H.matmat(V)
     assert H.engine == "finite_difference" and "not differentiable" in H.engine_reason
-    twin = _FusedTanhNet(_NoDoubleBackward).double()
+    twin = _FusedTanhNet(T.FirstOrderTanhFn).double()
     exact = lf.Hessian(twin, "ce", _data(), hvp="finite_difference")
     exact.model.load_state_dict(model.state_dict())
     assert torch.allclose(out, exact.matmat(V))
@@ -149,10 +107,28 @@ def test_cached_engine_keeps_graphs_within_budget_and_rebuilds_after_a_step():
     assert torch.allclose(tight.matmat(V), moved) and not tight._engine._cache
 
 
-def test_cached_engine_times_batching_once():
+def _cached_note(batched):
+    H = lf.Hessian(_mlp(), "ce", _data(), hvp=CachedEngine(1 << 30, batched=batched))
+    H.matmat(torch.randn(2, 32, dtype=torch.float64))
+    return H._engine.batching_note
+
+
+def test_cached_engine_batching_modes():
+    V = torch.randn(5, 32, dtype=torch.float64)
+    ref = lf.Hessian(_mlp(), "ce", _data(), hvp="reverse").matmat(V)
+    for batched in (None, True, False):
+        H = lf.Hessian(_mlp(), "ce", _data(), hvp=CachedEngine(1 << 30, batched=batched))
+        assert torch.allclose(H.matmat(V), ref, rtol=1e-12, atol=1e-14)
+        assert H._engine.batched is (batched if batched is not None else False)
+    assert "CPU" in _cached_note(None)
+    # The timing trial (CUDA) keeps the faster way and returns its result.
     H = lf.Hessian(_mlp(), "ce", _data(), hvp="cached")
-    H.matmat(torch.randn(4, H.shape[0], dtype=torch.float64))
-    assert H._engine.batched in (True, False) and "batched" in H._engine.batching_note
+    H.matmat(V)
+    theta, grads = H._engine._cache[0]
+    views = H.space.views(V)
+    out = H._engine._choose(grads, theta, views, chunk=5)
+    assert H._engine.batched in (True, False) and "looped" in H._engine.batching_note
+    assert torch.allclose(H.flat_block(out, V), ref, rtol=1e-12, atol=1e-14)  # one batch
 
 
 def test_forward_engine_chunks_to_the_budget():

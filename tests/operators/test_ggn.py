@@ -220,30 +220,9 @@ def test_resnet_block(batch_norm: str) -> None:
         assert T.rel_error(got, want) < TOL
 
 
-class _OnceTanh(torch.autograd.Function):
-    """tanh with a first-order-only backward, like many fused custom kernels."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return g * (1 - y * y)
-
-
-class _OnceTanhModule(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _OnceTanh.apply(x)
-
-
 def test_first_order_only_function() -> None:
     twin = _mlp(seed=27)
-    model = nn.Sequential(twin[0], _OnceTanhModule(), twin[2])
+    model = nn.Sequential(twin[0], T.TanhVia(T.OnceDifferentiableTanhFn), twin[2])
     batches = _ce_data(False, seed=28)
     # The double-backward J·v cannot pass through a once-differentiable backward: the GGN
     # says so instead of silently dropping the terms through it.

@@ -542,31 +542,10 @@ def test_dropout_is_one_fixed_function() -> None:
     assert T.rel_error((gp - gm) / (2 * h), ref @ v) < 1e-8  # measured 4e-11
 
 
-class _OnceTanh(torch.autograd.Function):
-    """tanh with a first-order-only backward, like many fused custom kernels."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        (y,) = ctx.saved_tensors
-        return g * (1 - y * y)
-
-
-class _OnceTanhModule(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _OnceTanh.apply(x)
-
-
 def _first_order_only() -> tuple[nn.Module, list, torch.Tensor]:
-    """An MLP through ``_OnceTanh`` and the oracle of its twin with ``nn.Tanh``."""
+    """An MLP through a once-differentiable tanh and the oracle of its twin with ``nn.Tanh``."""
     twin = _mlp(nn.Tanh, seed=30)
-    model = nn.Sequential(twin[0], _OnceTanhModule(), twin[2])
+    model = nn.Sequential(twin[0], T.TanhVia(T.OnceDifferentiableTanhFn), twin[2])
     X, y = _mlp_data(n=20, seed=31)
     batches = _split(X, y, 8)
     return model, batches, T.dense_hessian(twin, "ce", batches)

@@ -18,16 +18,9 @@ import os
 
 import torch
 
-from landscape_fast import _backend
 from landscape_fast.kernels.block_reorth_driver import cgs2_cholqr2
+from landscape_fast.kernels.cuda import _library
 
-#: dtype codes of the C ABI (``csrc/cuda/block_reorth.cu``).
-DTYPE_CODES: dict[torch.dtype, int] = {
-    torch.float32: 0,
-    torch.float64: 1,
-    torch.bfloat16: 2,
-    torch.float16: 3,
-}
 #: Basis dtypes the kernels accept for each block dtype.
 BASIS_DTYPES: dict[torch.dtype, tuple[torch.dtype, ...]] = {
     torch.float64: (torch.float64,),
@@ -65,25 +58,14 @@ SIGNATURES: dict[str, tuple[list, object]] = {
 
 
 def load_library(path: str | os.PathLike[str]) -> ctypes.CDLL:
-    """Load a kernel library at ``path`` and declare the signatures of its C ABI."""
-    lib = ctypes.CDLL(os.fspath(path))
-    for name, (argtypes, restype) in SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = restype
-    return lib
+    """Load a kernel library at ``path`` and declare the signatures this module uses."""
+    return _library.declare(path, SIGNATURES)
 
 
 @functools.cache
 def library() -> ctypes.CDLL:
     """The installed kernel library (``_build_info.json``'s ``cuda_library``), loaded once."""
-    path = _backend._cuda_library_path()
-    if path is None:
-        raise RuntimeError(
-            "block_reorth: the CUDA kernels are not built (no nvcc at install time, or "
-            "LANDSCAPE_FAST_BUILD_CUDA=0); reinstall where nvcc exists"
-        )
-    return load_library(path)
+    return _library.installed("block_reorth", SIGNATURES)
 
 
 def max_block(lib: ctypes.CDLL | None = None) -> int:
@@ -122,17 +104,18 @@ def plan(
     lib = lib or library()
     info = (ctypes.c_int64 * len(PLAN_FIELDS))()
     code = lib.lf_reorth_plan(
-        _OPS[op], DTYPE_CODES[qdtype], DTYPE_CODES[wdtype], m, b, p, int(gram), device, info
+        _OPS[op],
+        _library.DTYPE_CODES[qdtype],
+        _library.DTYPE_CODES[wdtype],
+        m,
+        b,
+        p,
+        int(gram),
+        device,
+        info,
     )
-    _raise_on_error(lib, code, "plan query")
+    _library.raise_on_error(lib, code, "block_reorth", "plan query")
     return dict(zip(PLAN_FIELDS, (int(v) for v in info)))
-
-
-def _raise_on_error(lib: ctypes.CDLL, code: int, what: str) -> None:
-    if code != 0:
-        msg = lib.lf_cuda_error_string(code)
-        text = msg.decode(errors="replace") if msg else "unknown error"
-        raise RuntimeError(f"block_reorth: CUDA {what} failed: {text} (cudaError_t {code})")
 
 
 def _empty(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -146,7 +129,7 @@ def _check_pair(Q: torch.Tensor, W: torch.Tensor) -> tuple[int, int]:
             f"block_reorth (cuda): unsupported dtypes Q={Q.dtype}, W={W.dtype}; a float32 "
             "block takes a float32/bfloat16/float16 basis, a float64 block a float64 basis"
         )
-    return DTYPE_CODES[Q.dtype], DTYPE_CODES[W.dtype]
+    return _library.DTYPE_CODES[Q.dtype], _library.DTYPE_CODES[W.dtype]
 
 
 def _check_2d(t: torch.Tensor, name: str) -> None:
@@ -189,7 +172,7 @@ def _workspace_bytes(
     code = lib.lf_reorth_workspace_size(
         op, qd, wd, m, b, p, int(gram), device, ctypes.byref(nbytes)
     )
-    _raise_on_error(lib, code, "workspace query")
+    _library.raise_on_error(lib, code, "block_reorth", "workspace query")
     return nbytes.value
 
 
@@ -237,7 +220,7 @@ def project_with(
         device,
         stream,
     )
-    _raise_on_error(lib, code, "project")
+    _library.raise_on_error(lib, code, "block_reorth", "project")
     return out[: m * b].view(m, b), out[m * b :]
 
 
@@ -277,7 +260,7 @@ def update_with(
         device,
         stream,
     )
-    _raise_on_error(lib, code, "update")
+    _library.raise_on_error(lib, code, "block_reorth", "update")
     return out.view(rows, b)
 
 
@@ -304,7 +287,7 @@ def transform_with(
         device,
         stream,
     )
-    _raise_on_error(lib, code, "transform")
+    _library.raise_on_error(lib, code, "block_reorth", "transform")
     return out.view(b, b) if gram else out
 
 

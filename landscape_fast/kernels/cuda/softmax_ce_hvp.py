@@ -16,16 +16,8 @@ import os
 
 import torch
 
-from landscape_fast import _backend
+from landscape_fast.kernels.cuda import _library
 from landscape_fast.ops.softmax_ce_hvp import LOGIT_DTYPES
-
-#: dtype codes of the C ABI (same as ``csrc/cuda/block_reorth.cu``).
-DTYPE_CODES: dict[torch.dtype, int] = {
-    torch.float32: 0,
-    torch.float64: 1,
-    torch.bfloat16: 2,
-    torch.float16: 3,
-}
 
 _int, _i64, _ptr = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
 #: ``name: (argtypes, restype)`` of every function this module calls.
@@ -42,39 +34,13 @@ SIGNATURES: dict[str, tuple[list, object]] = {
 
 def load_library(path: str | os.PathLike[str]) -> ctypes.CDLL:
     """Load a kernel library at ``path`` and declare the signatures this module uses."""
-    lib = ctypes.CDLL(os.fspath(path))
-    for name, (argtypes, restype) in SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = restype
-    return lib
+    return _library.declare(path, SIGNATURES)
 
 
 @functools.cache
 def library() -> ctypes.CDLL:
     """The installed kernel library (``_build_info.json``'s ``cuda_library``), loaded once."""
-    path = _backend._cuda_library_path()
-    if path is None:
-        raise RuntimeError(
-            "softmax_ce_hvp: the CUDA kernels are not built (no nvcc at install time, or "
-            "LANDSCAPE_FAST_BUILD_CUDA=0); reinstall where nvcc exists"
-        )
-    return load_library(path)
-
-
-def _raise_on_error(lib: ctypes.CDLL, code: int) -> None:
-    if code == 0:
-        return
-    text = "unknown error"
-    try:  # exported by csrc/cuda/block_reorth.cu in the installed library
-        fn = lib.lf_cuda_error_string
-    except AttributeError:  # a library built from this kernel alone (emulation tests)
-        fn = None
-    if fn is not None:
-        fn.argtypes, fn.restype = [_int], ctypes.c_char_p
-        msg = fn(code)
-        text = msg.decode(errors="replace") if msg else text
-    raise RuntimeError(f"softmax_ce_hvp: CUDA launch failed: {text} (cudaError_t {code})")
+    return _library.installed("softmax_ce_hvp", SIGNATURES)
 
 
 def _check(logits: torch.Tensor, U: torch.Tensor, weights, out: torch.Tensor) -> None:
@@ -124,8 +90,8 @@ def softmax_ce_hvp_with(
     _check(logits, U, weights, out)
     k, N, C = U.shape
     code = lib.lf_softmax_ce_hvp(
-        DTYPE_CODES[logits.dtype],
-        DTYPE_CODES[U.dtype],
+        _library.DTYPE_CODES[logits.dtype],
+        _library.DTYPE_CODES[U.dtype],
         logits.data_ptr(),
         U.data_ptr(),
         weights.data_ptr() if weights is not None else None,
@@ -136,7 +102,7 @@ def softmax_ce_hvp_with(
         device,
         stream,
     )
-    _raise_on_error(lib, code)
+    _library.raise_on_error(lib, code, "softmax_ce_hvp")
 
 
 def softmax_ce_hvp_(
