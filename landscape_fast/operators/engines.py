@@ -28,7 +28,6 @@ Example:
     >>> from torch import nn
     >>> from landscape_fast.params import ParamSpace
     >>> from landscape_fast.operators.model_function import ModelFunction
-from landscape_fast.operators.semantics import ModelFingerprint
     >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
     >>> f = ModelFunction(model, "mse", ParamSpace(model))
     >>> batch = (torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))

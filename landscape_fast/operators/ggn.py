@@ -95,7 +95,8 @@ class GGN(ModelOperator):
             from landscape_fast.ops import softmax_ce_hvp
 
             w = cross_entropy_weights(outputs, batch[1], spec["ignore_index"])
-            return softmax_ce_hvp(outputs.detach(), JV.detach().contiguous(), weights=w)
+            tangents = JV.detach().contiguous()  # ours alone: overwritten in place
+            return softmax_ce_hvp(outputs.detach(), tangents, weights=w, out=tangents)
         out_leaf = outputs.detach().requires_grad_()
         with torch.enable_grad():
             loss = self.f.loss_on_outputs(out_leaf, batch)
