@@ -17,3 +17,7 @@ python -m pytest -q -x tests/kernels/test_cuda_block_reorth.py -m gpu 2>&1 | tee
 python -m pytest -q tests/kernels/test_triton_block_reorth.py 2>&1 | tee "$OUT/triton_tests.log" | tail -5
 python -m pytest -q tests/ops/test_block_reorth.py -k "cuda or triton" 2>&1 | tee "$OUT/ops_tests.log" | tail -5
 python tests/kernels/test_cuda_block_reorth.py 2>&1 | tee "$OUT/cuda_bench.txt" | tail -30
+# softmax_ce_hvp kernels and the curvature operators on CUDA tensors
+python -m pytest -q tests/kernels/test_cuda_softmax_ce_hvp.py tests/kernels/test_triton_softmax_ce_hvp.py 2>&1 | tee "$OUT/softmax_ce_kernels.log" | tail -5
+python -m pytest -q tests/ops/test_softmax_ce_hvp.py -k "cuda or triton" 2>&1 | tee "$OUT/softmax_ce_ops.log" | tail -5
+python -m pytest -q -m gpu tests/operators 2>&1 | tee "$OUT/operators_gpu.log" | tail -5
