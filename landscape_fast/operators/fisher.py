@@ -153,14 +153,8 @@ class PerSampleGradientOperator(ModelOperator):
     ) -> torch.Tensor:
         G = self.per_sample_gradients(index, batch)
         if self.centered:
-            G = G - self._mean_for_pass
+            G = G - self.mean_gradient()
         return (V @ G.T) @ G / G.shape[0]
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        if self.centered:
-            self._before_pass()
-            self._mean_for_pass = self.mean_gradient()
-        return super()._matmat(V)
 
 
 class EmpiricalFisher(PerSampleGradientOperator):
