@@ -11,7 +11,7 @@ Example:
 """
 
 from landscape_fast._backend import BackendError
-from landscape_fast.linalg import EigenResult, LanczosResult, lanczos, power_iteration
+from landscape_fast.linalg import EigenResult, LanczosResult, eigsh, lanczos, power_iteration
 from landscape_fast.operators import (
     GGN,
     BatchLoss,
@@ -44,6 +44,7 @@ __all__ = [
     "ReorthResult",
     "block_reorth",
     "check_hvp",
+    "eigsh",
     "lanczos",
     "power_iteration",
     "__version__",

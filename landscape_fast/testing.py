@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape_fast.operators.base import CurvatureOperator
 from landscape_fast.operators.dense import DenseOperator
 from landscape_fast.ops.block_reorth import BASIS_DTYPES
 
@@ -488,3 +489,48 @@ class TanhVia(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn.apply(x)
+
+
+class HouseholderSpectrumOperator(CurvatureOperator):
+    r"""A ``p × p`` operator with a given spectrum whose products cost O(kp), for large p.
+
+    :math:`A = H^\top \mathrm{diag}(\lambda) H` with :math:`H = (I - 2uu^\top)(I - 2ww^\top)`
+    two random Householder reflections, so the eigenvectors are dense (not coordinate axes)
+    and known: the rows of :math:`H`.
+
+    Example:
+        >>> import torch
+        >>> op = HouseholderSpectrumOperator(torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64))
+        >>> V = op.eigenvectors()
+        >>> torch.allclose(op.matmat(V), torch.diag(op.eigenvalues) @ V)
+        True
+    """
+
+    def __init__(
+        self, eigenvalues: torch.Tensor, *, seed: int = 0, dtype: torch.dtype = torch.float64
+    ) -> None:
+        eigs = torch.as_tensor(eigenvalues, dtype=torch.float64)
+        super().__init__(len(eigs), dtype, "cpu")
+        gen = torch.Generator().manual_seed(seed)
+        u = torch.randn(len(eigs), generator=gen, dtype=torch.float64)
+        w = torch.randn(len(eigs), generator=gen, dtype=torch.float64)
+        self.u, self.w = (u / u.norm()).to(dtype), (w / w.norm()).to(dtype)
+        self.eigenvalues = eigs
+        self._d = eigs.to(dtype)
+
+    def _reflect(self, V: torch.Tensor) -> torch.Tensor:
+        """``V H`` for rows ``V`` (``H`` symmetric: ``H = R_u R_w``, so ``V H = (V R_u) R_w``)."""
+        V = V - 2 * (V @ self.u)[:, None] * self.u
+        return V - 2 * (V @ self.w)[:, None] * self.w
+
+    def _reflect_t(self, V: torch.Tensor) -> torch.Tensor:
+        """``V Hᵀ = (V R_w) R_u``."""
+        V = V - 2 * (V @ self.w)[:, None] * self.w
+        return V - 2 * (V @ self.u)[:, None] * self.u
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._reflect(self._reflect_t(V) * self._d)
+
+    def eigenvectors(self) -> torch.Tensor:
+        """Rows: the eigenvector of each eigenvalue, in :attr:`eigenvalues` order."""
+        return self._reflect(torch.eye(self.shape[0], dtype=self.dtype))

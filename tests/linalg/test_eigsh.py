@@ -1,0 +1,252 @@
+"""eigsh (block Lanczos, thick restart) against numpy.linalg.eigh on explicit spectra."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import landscape_fast as lf
+from landscape_fast import testing as T
+from landscape_fast.linalg.eigsh import RestartRecord, wanted_order
+from landscape_fast.testing import HouseholderSpectrumOperator, operator_with_spectrum
+
+RNG = np.random.default_rng(0)
+SPECTRA = {
+    "separated": np.concatenate([np.linspace(5, 20, 10), RNG.uniform(-0.5, 1, 190)]),
+    "clustered": np.concatenate([[10, 9.9999, 9.9998, 5, 4.9999], RNG.uniform(-1, 1, 195)]),
+    "repeated": np.concatenate([[7.0] * 3, [-7.0] * 2, RNG.uniform(-1, 1, 195)]),
+    "indefinite": RNG.standard_normal(200),
+    "nullspace": np.concatenate([np.linspace(1, 10, 12), np.zeros(188)]),
+}
+WHICH = ["LA", "SA", "LM", "BE"]
+
+
+def expected(eigs: np.ndarray, k: int, which: str) -> np.ndarray:
+    """The k wanted eigenvalues in eigsh's output order."""
+    s = np.sort(eigs)
+    if which == "LA":
+        return s[::-1][:k]
+    if which == "SA":
+        return s[:k]
+    if which == "LM":
+        return s[np.argsort(-np.abs(s), kind="stable")][:k]
+    return np.sort(np.concatenate([s[::-1][: k - k // 2], s[: k // 2]]))[::-1]
+
+
+def check_result(r, A: np.ndarray, eigs: np.ndarray, k: int, which: str, tol: float) -> None:
+    scale = np.abs(eigs).max()
+    assert r.converged.all(), (r.eigenvalues, r.residuals)
+    got = r.eigenvalues.numpy()
+    want = expected(eigs, k, which)
+    if which == "LM":  # ties in |λ| (±7) may come in either order
+        got, want = np.sort(got), np.sort(want)
+    # Symmetric A: an eigenvalue lies within the residual of each Ritz value, and the
+    # residual is ≤ tol·scale; quadratic convergence makes the error much smaller.
+    np.testing.assert_allclose(got, want, atol=2 * tol * scale)
+    V = r.eigenvectors.double().numpy()
+    res = np.linalg.norm(V @ A - r.eigenvalues.numpy()[:, None] * V, axis=1)
+    np.testing.assert_allclose(r.residuals.numpy(), res, rtol=1e-6, atol=1e-12 * scale)
+    assert (res <= tol * scale * (1 + 1e-9)).all()
+    np.testing.assert_allclose(V @ V.T, np.eye(k), atol=1e-6)
+
+
+@pytest.mark.parametrize("which", WHICH)
+@pytest.mark.parametrize("spectrum", list(SPECTRA))
+def test_matches_eigh(spectrum: str, which: str) -> None:
+    eigs = SPECTRA[spectrum]
+    op, A = operator_with_spectrum(eigs, seed=1)
+    k, tol = 4, 1e-8
+    # Multiplicities beyond the block size are invisible to a Krylov space unless the
+    # solver validates with fresh directions (or the block is as wide as the multiplicity).
+    r = lf.eigsh(op, k=k, which=which, tol=tol, validate=spectrum == "repeated" or None)
+    check_result(r, A.numpy(), eigs, k, which, tol)
+    assert r.n_matvecs == op.n_matvecs
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 5])
+def test_block_sizes_agree_and_find_multiplicities(block_size: int) -> None:
+    eigs = SPECTRA["repeated"]
+    op, A = operator_with_spectrum(eigs, seed=2)
+    validate = None if block_size >= 3 else True
+    r = lf.eigsh(op, k=5, which="LM", tol=1e-9, block_size=block_size, validate=validate)
+    check_result(r, A.numpy(), eigs, 5, "LM", 1e-9)
+
+
+def test_auto_validation_finds_the_null_space() -> None:
+    eigs = SPECTRA["nullspace"]
+    op, A = operator_with_spectrum(eigs, seed=3)
+    r = lf.eigsh(op, k=6, which="SA", tol=1e-8)
+    check_result(r, A.numpy(), eigs, 6, "SA", 1e-8)
+    r = lf.eigsh(op, k=15, which="LA", tol=1e-8)  # k above the rank (12)
+    check_result(r, A.numpy(), eigs, 15, "LA", 1e-8)
+
+
+def test_small_basis_forces_restarts_and_history_records_them() -> None:
+    eigs = SPECTRA["indefinite"]
+    op, A = operator_with_spectrum(eigs, seed=4)
+    records: list[RestartRecord] = []
+    r = lf.eigsh(op, k=3, which="LA", tol=1e-9, max_basis=10, callback=records.append)
+    check_result(r, A.numpy(), eigs, 3, "LA", 1e-9)
+    assert records == r.history and any(rec.restart for rec in r.history)
+    assert max(rec.basis_size for rec in r.history) <= 10
+    counts = [rec.n_matvecs for rec in r.history]
+    assert counts == sorted(counts) and counts[-1] <= r.n_matvecs
+
+
+def test_default_basis_bound() -> None:
+    op, _ = operator_with_spectrum(SPECTRA["indefinite"], seed=5)
+    r = lf.eigsh(op, k=5, block_size=2, tol=1e-10)
+    assert max(rec.basis_size for rec in r.history) <= 5 + 2 * 2 + 20
+
+
+def test_k_equals_p_and_tiny_operators() -> None:
+    eigs = np.array([3.0, -1.0, 2.0, 0.5, 0.0, 7.0])
+    op, A = operator_with_spectrum(eigs, seed=6)
+    r = lf.eigsh(op, k=6, which="LA", tol=1e-10)
+    check_result(r, A.numpy(), eigs, 6, "LA", 1e-10)
+    one = lf.DenseOperator(torch.tensor([[2.5]], dtype=torch.float64))
+    assert lf.eigsh(one, k=1).eigenvalues.tolist() == [2.5]
+    zero = lf.DenseOperator(torch.zeros(5, 5, dtype=torch.float64))
+    r = lf.eigsh(zero, k=2)
+    assert r.eigenvalues.abs().max() == 0 and r.residuals.max() == 0
+
+
+def test_start_orthogonal_to_the_top_eigenvector() -> None:
+    eigs = np.concatenate([[10.0, 5.0], np.linspace(-1, 1, 198)])
+    op, A = operator_with_spectrum(eigs, seed=7)
+    top = torch.as_tensor(np.linalg.eigh(A.numpy())[1][:, -1])
+    v0 = torch.randn(200, dtype=torch.float64)
+    v0 -= (v0 @ top) * top
+    r = lf.eigsh(op, k=1, v0=v0, tol=1e-8)
+    assert r.eigenvalues.item() == pytest.approx(10.0, rel=1e-8)
+
+
+def test_warm_start_needs_fewer_products() -> None:
+    eigs = SPECTRA["separated"]
+    op, A = operator_with_spectrum(eigs, seed=8)
+    cold = lf.eigsh(op, k=4, tol=1e-8, block_size=4)
+    op2, _ = operator_with_spectrum(eigs + 1e-4 * RNG.standard_normal(200), seed=8)
+    warm = lf.eigsh(op2, k=4, tol=1e-8, v0=cold.eigenvectors)
+    fresh = lf.eigsh(op2, k=4, tol=1e-8, block_size=4)
+    assert warm.converged.all() and warm.n_matvecs < fresh.n_matvecs
+
+
+def test_large_p_with_householder_operator() -> None:
+    gen = torch.Generator().manual_seed(0)
+    eigs = torch.cat(
+        [torch.tensor([50.0, 40.0, 30.0]), torch.rand(200_000, generator=gen) * 10 - 2]
+    )
+    op = HouseholderSpectrumOperator(eigs, seed=1)
+    r = lf.eigsh(op, k=3, which="LA", tol=1e-8)
+    assert r.converged.all()
+    np.testing.assert_allclose(r.eigenvalues.numpy(), [50.0, 40.0, 30.0], rtol=1e-9)
+    truth = op._reflect(torch.eye(3, 200_003, dtype=torch.float64))  # first 3 eigenvectors
+    np.testing.assert_allclose(np.abs((r.eigenvectors @ truth.T).diagonal().numpy()), 1, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_p_one_million_float32_against_scipy() -> None:
+    sla = pytest.importorskip("scipy.sparse.linalg")
+    gen = torch.Generator().manual_seed(0)
+    eigs = torch.cat(
+        [torch.tensor([100.0, 90, 80, 70, 60]), torch.rand(999_995, generator=gen) * 10]
+    )
+    op = HouseholderSpectrumOperator(eigs, seed=2, dtype=torch.float32)
+    r = lf.eigsh(op, k=5, tol=1e-4)
+    assert r.converged.all()
+    L = sla.LinearOperator(
+        (op.shape[0],) * 2,
+        matvec=lambda x: op.matmat(torch.as_tensor(x, dtype=torch.float32)[None])[0].numpy(),
+        dtype=np.float32,
+    )
+    ref = np.sort(sla.eigsh(L, k=5, which="LA", tol=1e-4)[0])[::-1]
+    np.testing.assert_allclose(r.eigenvalues.numpy(), ref, rtol=1e-4)
+
+
+def test_low_precision_basis_is_honest() -> None:
+    eigs = SPECTRA["separated"]
+    op, A = operator_with_spectrum(eigs, seed=9, dtype=torch.float32)
+    r = lf.eigsh(op, k=2, tol=1e-3, basis_dtype=torch.bfloat16)
+    want = expected(eigs, 2, "LA")
+    scale = np.abs(eigs).max()
+    V = r.eigenvectors.double().numpy()
+    res = np.linalg.norm(V @ A.numpy() - r.eigenvalues.numpy()[:, None] * V, axis=1)
+    np.testing.assert_allclose(r.residuals.numpy(), res, rtol=1e-2, atol=1e-5 * scale)
+    for ok, got, w in zip(r.converged.tolist(), r.eigenvalues.tolist(), want):
+        if ok:  # claimed converged: the eigenvalue is within the residual
+            assert abs(got - w) <= 2e-3 * scale
+    with pytest.raises(TypeError, match="basis"):
+        lf.eigsh(operator_with_spectrum(eigs, seed=9)[0], k=1, basis_dtype=torch.bfloat16)
+
+
+def test_budget_too_small_returns_unconverged_flags() -> None:
+    op, A = operator_with_spectrum(SPECTRA["indefinite"], seed=10)
+    r = lf.eigsh(op, k=3, tol=1e-12, max_matvecs=6)
+    assert r.n_matvecs <= 6 + 3 and not r.converged.all()
+    V = r.eigenvectors.numpy()
+    res = np.linalg.norm(V @ A.numpy() - r.eigenvalues.numpy()[:, None] * V, axis=1)
+    np.testing.assert_allclose(r.residuals.numpy(), res, rtol=1e-6, atol=1e-12)
+
+
+def test_nan_operator_raises_without_hanging() -> None:
+    M = torch.eye(20, dtype=torch.float64)
+    M[3, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        lf.eigsh(lf.DenseOperator(M, sym_tol=float("inf")), k=2)
+
+
+def test_non_symmetric_operator_warns() -> None:
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    op = lf.DenseOperator(M, sym_tol=float("inf"))
+    with pytest.warns(RuntimeWarning, match="symmetric"):
+        lf.eigsh(op, k=2, max_matvecs=20)
+    sym, _ = operator_with_spectrum(SPECTRA["indefinite"], seed=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lf.eigsh(sym, k=2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"k": 0}, "k must be"),
+        ({"k": 201}, "k must be"),
+        ({"k": 2, "which": "XX"}, "which"),
+        ({"k": 2, "tol": 0.0}, "tol"),
+        ({"k": 2, "tol": 1.5}, "tol"),
+        ({"k": 2, "block_size": 0}, "block_size"),
+        ({"k": 2, "v0": torch.zeros(3, dtype=torch.float64)}, "v0"),
+        ({"k": 5, "max_basis": 6, "block_size": 2}, "max_basis"),
+        ({"k": 2, "max_matvecs": 0}, "max_matvecs"),
+    ],
+)
+def test_bad_input(kwargs, match) -> None:
+    op, _ = operator_with_spectrum(SPECTRA["indefinite"], seed=12)
+    with pytest.raises(ValueError, match=match):
+        lf.eigsh(op, **kwargs)
+
+
+def test_wanted_order_both_ends() -> None:
+    theta = torch.tensor([0.0, 5.0, -3.0, 2.0, -1.0])
+    assert theta[wanted_order(theta, "BE", 5)].tolist() == [5.0, -3.0, 2.0, -1.0, 0.0]
+
+
+def test_model_hessian_against_the_dense_oracle() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    g = torch.Generator().manual_seed(1)
+    X, y = (
+        torch.randn(40, 5, generator=g, dtype=torch.float64),
+        torch.randint(0, 3, (40,), generator=g),
+    )
+    dense = T.dense_hessian(model, "ce", [(X, y)]).numpy()
+    eigs = np.linalg.eigvalsh(dense)
+    H = lf.Hessian(model, "ce", (X, y), batch_size=16)
+    for which, k in (("LA", 3), ("SA", 2), ("BE", 4)):
+        r = lf.eigsh(H, k=k, which=which, tol=1e-8)
+        check_result(r, dense, eigs, k, which, 1e-8)
