@@ -11,7 +11,16 @@ Example:
 """
 
 from landscape_fast._backend import BackendError
-from landscape_fast.linalg import EigenResult, LanczosResult, eigsh, lanczos, power_iteration
+from landscape_fast.linalg import (
+    EigenResult,
+    LanczosResult,
+    condition_numbers,
+    count_outliers,
+    eigsh,
+    lanczos,
+    power_iteration,
+    spectral_gaps,
+)
 from landscape_fast.operators import (
     GGN,
     BatchLoss,
@@ -44,8 +53,11 @@ __all__ = [
     "ReorthResult",
     "block_reorth",
     "check_hvp",
+    "condition_numbers",
+    "count_outliers",
     "eigsh",
     "lanczos",
     "power_iteration",
+    "spectral_gaps",
     "__version__",
 ]
