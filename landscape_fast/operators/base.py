@@ -35,7 +35,11 @@ class CurvatureOperator(ABC):
 
     Attributes:
         n_matvecs: Number of vectors this operator has been applied to so far.
+        preferred_block_size: Vectors per product at which a block starts to pay off
+            (solvers use it for their default block size; 1: no gain from blocks).
     """
+
+    preferred_block_size: int = 1
 
     shape: tuple[int, int]
     dtype: torch.dtype
@@ -142,6 +146,7 @@ class SumOperator(CurvatureOperator):
             )
         super().__init__(a.shape[0], a.dtype, a.device)
         self.terms = (a, b)
+        self.preferred_block_size = max(a.preferred_block_size, b.preferred_block_size)
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.terms[0].matmat(V) + self.terms[1].matmat(V)
@@ -153,6 +158,7 @@ class ScaledOperator(CurvatureOperator):
     def __init__(self, op: CurvatureOperator, alpha: float) -> None:
         super().__init__(op.shape[0], op.dtype, op.device)
         self.op, self.alpha = op, alpha
+        self.preferred_block_size = op.preferred_block_size
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.op.matmat(V).mul_(self.alpha)
@@ -164,6 +170,7 @@ class ShiftedOperator(CurvatureOperator):
     def __init__(self, op: CurvatureOperator, delta: float) -> None:
         super().__init__(op.shape[0], op.dtype, op.device)
         self.op, self.delta = op, delta
+        self.preferred_block_size = op.preferred_block_size
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.op.matmat(V).add_(V, alpha=self.delta)
