@@ -250,3 +250,38 @@ def test_model_hessian_against_the_dense_oracle() -> None:
     for which, k in (("LA", 3), ("SA", 2), ("BE", 4)):
         r = lf.eigsh(H, k=k, which=which, tol=1e-8)
         check_result(r, dense, eigs, k, which, 1e-8)
+
+
+def _tiny_lm():
+    from landscape_fast import zoo
+
+    model = zoo.tiny_transformer(vocab=8, d_model=4, n_heads=2, n_layers=1, seq_len=4, seed=0)
+    model = model.double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    X, y = zoo.token_data(n=12, seq_len=4, vocab=8, seed=0)
+    return model, zoo.lm_loss, [(X[:8], y[:8]), (X[8:], y[8:])]
+
+
+def _tiny_bn_cnn():
+    from landscape_fast import zoo
+
+    model = zoo.resnet20(depth=8, width=2, seed=0)
+    X, y = zoo.cifar_like_data(n=16, seed=0, size=8)
+    zoo.train(model, X, y, max_epochs=2, batch_size=8, seconds=30.0)
+    return model.double().eval(), "ce", [(X[:8].double(), y[:8]), (X[8:].double(), y[8:])]
+
+
+@pytest.mark.parametrize(
+    "make", [_tiny_lm, pytest.param(_tiny_bn_cnn, marks=pytest.mark.slow)], ids=["lm", "bn_cnn"]
+)
+def test_zoo_model_hessians_against_the_dense_oracle(make) -> None:
+    model, loss, batches = make()
+    dense = T.dense_hessian(model, loss, batches).numpy()
+    eigs = np.linalg.eigvalsh(dense)
+    H = lf.Hessian(model, loss, batches)
+    for which, k in (("LA", 4), ("SA", 2), ("BE", 2)):
+        r = lf.eigsh(H, k=k, which=which, tol=1e-8)
+        check_result(r, dense, eigs, k, which, 1e-8)
