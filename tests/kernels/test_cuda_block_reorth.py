@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -39,6 +37,9 @@ from landscape_fast.kernels.cuda import block_reorth as cu
 from landscape_fast.ops.block_reorth import DEFAULT_RANK_TOL
 from landscape_fast.reference.block_reorth import block_reorth_ as reference_block_reorth
 from landscape_fast.testing import REORTH_DTYPE_IDS, REORTH_DTYPE_PAIRS
+from tests.kernels.cuda_tools import cuda_include as _cuda_include
+from tests.kernels.cuda_tools import cxx as _cxx
+from tests.kernels.cuda_tools import run as _run
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -54,27 +55,6 @@ TOL = DEFAULT_RANK_TOL  # rank_tol of the op
 
 # ---------------------------------------------------------------------------------------
 # Toolchain discovery
-
-
-def _cuda_include() -> Path | None:
-    candidates = []
-    nvcc = find_nvcc()
-    if nvcc:
-        candidates.append(Path(nvcc).resolve().parent.parent / "include")
-    candidates += [Path(os.environ.get("CUDA_HOME", "/nonexistent")) / "include"]
-    candidates += [Path("/usr/local/cuda/include")]
-    for inc in candidates:
-        if (inc / "cuda_runtime.h").exists() and (inc / "cuda_bf16.h").exists():
-            return inc
-    return None
-
-
-def _cxx() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True)
 
 
 needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found (no CUDA toolkit)")

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -34,6 +31,9 @@ from landscape_fast._nvcc import find_nvcc
 from landscape_fast.kernels.cuda import softmax_ce_hvp as cu
 from landscape_fast.reference.softmax_ce_hvp import probabilities
 from landscape_fast.reference.softmax_ce_hvp import softmax_ce_hvp_ as reference_
+from tests.kernels.cuda_tools import cuda_include as _cuda_include
+from tests.kernels.cuda_tools import cxx as _cxx
+from tests.kernels.cuda_tools import run as _run
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "csrc" / "cuda" / "softmax_ce_hvp.cu"
@@ -44,27 +44,6 @@ F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float1
 DTYPES = [(F64, F64), (F32, F32), (F32, BF16), (BF16, F32), (BF16, BF16), (F16, F16)]
 DTYPE_IDS = ["f64", "f32", "f32-bf16z", "bf16-f32z", "bf16", "f16"]
 PAD = 64  # guard elements on each side of every buffer
-
-
-def _cuda_include() -> Path | None:
-    candidates = []
-    nvcc = find_nvcc()
-    if nvcc:
-        candidates.append(Path(nvcc).resolve().parent.parent / "include")
-    candidates += [Path(os.environ.get("CUDA_HOME", "/nonexistent")) / "include"]
-    candidates += [Path("/usr/local/cuda/include")]
-    for inc in candidates:
-        if (inc / "cuda_runtime.h").exists() and (inc / "cuda_bf16.h").exists():
-            return inc
-    return None
-
-
-def _cxx() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True)
 
 
 # ---------------------------------------------------------------------------------------
