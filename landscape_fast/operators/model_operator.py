@@ -41,8 +41,10 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 class ModelOperator(CurvatureOperator):
     """Base class of :class:`Hessian`, :class:`GGN`, :class:`EmpiricalFisher`, ...
 
-    One product is one pass over the data whatever the block size, so blocks pay off
-    (:attr:`preferred_block_size` 4: BENCHMARKS.md, per-vector cost of k = 4 vs k = 1).
+    One product is one pass over the data whatever the block size. On CUDA that makes
+    blocks pay off (:attr:`preferred_block_size` 4). On CPU a block of 4 costs only 8–20 %
+    less per vector than single products (BENCHMARKS.md) while block Lanczos needs 30–90 %
+    more vectors than single-vector Lanczos, so the preference there is 1.
 
     Args:
         model: The model; left exactly as it was after every call (parameters, buffers,
@@ -63,7 +65,9 @@ class ModelOperator(CurvatureOperator):
             of the free memory.
     """
 
-    preferred_block_size = 4
+    @property
+    def preferred_block_size(self) -> int:  # type: ignore[override]
+        return 4 if self.device.type == "cuda" else 1
 
     def __init__(
         self,
