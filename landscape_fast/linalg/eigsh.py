@@ -362,7 +362,9 @@ def eigsh(
             W_out = _complete(st, W_out, res.deficient, gen, basis_device)
         st.W, st.E = W_out.to(device=device, dtype=dtype), E
 
-        # ---- Rayleigh-Ritz and convergence
+        # ---- Rayleigh-Ritz and convergence (nothing can converge before k vectors exist)
+        if st.m < k and st.n_matvecs + st.W.shape[0] <= max_matvecs:
+            continue
         theta, S, resid = _ritz(st)
         st.scale = max(st.scale, float(theta.abs().max()))
         order = wanted_order(theta, which, k)
