@@ -56,6 +56,7 @@
 #endif
 
 #include "common.h"
+#include "simd.h"
 
 // Vector arguments of non-inlined helpers (ABI note only), and GCC 12's false
 // positive on _mm512_undefined_*() inside its own AVX-512 headers.
@@ -95,34 +96,7 @@ constexpr int64_t kPfMinBytes = 8 << 20;    // software prefetch only above this
 // accumulators than there are registers. a * b + c is contracted to an FMA (GCC's and
 // Clang's default for C++).
 // ------------------------------------------------------------------------------------------
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
-
-template <typename S>
-struct Simd {
-  typedef S V __attribute__((vector_size(kVecBytes)));
-  static constexpr int L = kVecBytes / sizeof(S);
-};
-
-template <typename S>
-using VecT = typename Simd<S>::V;
-
-template <typename S>
-LF_INLINE VecT<S> vload(const S* p) {
-  VecT<S> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename S>
-LF_INLINE void vstore(S* p, VecT<S> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
+// (kVecBytes, Simd, VecT, vload and vstore come from simd.h.)
 
 // Pins a loaded vector in a register: without it GCC re-reads an operand from memory for
 // each of its uses (folding the load into every FMA), which doubles the load-port pressure

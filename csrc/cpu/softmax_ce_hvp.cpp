@@ -41,6 +41,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "simd.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -53,32 +54,6 @@ namespace {
 
 constexpr int64_t kMinItemWork = 1 << 15;  // elements per parallel chunk, at least
 
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
-
-template <typename S>
-struct Simd {
-  typedef S V __attribute__((vector_size(kVecBytes)));
-  static constexpr int L = kVecBytes / sizeof(S);
-};
-template <typename S>
-using VecT = typename Simd<S>::V;
-
-template <typename S>
-LF_SCE_INLINE VecT<S> vload(const S* p) {
-  VecT<S> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename S>
-LF_SCE_INLINE void vstore(S* p, VecT<S> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
 template <typename S>
 LF_SCE_INLINE VecT<S> vsplat(S x) {
   return VecT<S>{} + x;
