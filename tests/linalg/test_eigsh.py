@@ -285,3 +285,11 @@ def test_zoo_model_hessians_against_the_dense_oracle(make) -> None:
     for which, k in (("LA", 4), ("SA", 2), ("BE", 2)):
         r = lf.eigsh(H, k=k, which=which, tol=1e-8)
         check_result(r, dense, eigs, k, which, 1e-8)
+
+
+def test_host_basis_option_and_history_callback() -> None:
+    op, A = operator_with_spectrum(SPECTRA["separated"], seed=13)
+    seen = []
+    r = lf.eigsh(op, k=2, tol=1e-8, basis_device="cpu", callback=seen.append)
+    check_result(r, A.numpy(), SPECTRA["separated"], 2, "LA", 1e-8)
+    assert seen and all(isinstance(x, RestartRecord) for x in seen)
