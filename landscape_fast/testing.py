@@ -534,3 +534,34 @@ class HouseholderSpectrumOperator(CurvatureOperator):
     def eigenvectors(self) -> torch.Tensor:
         """Rows: the eigenvector of each eigenvalue, in :attr:`eigenvalues` order."""
         return self._reflect(torch.eye(self.shape[0], dtype=self.dtype))
+
+
+def softmax_ce_inputs(
+    k: int,
+    N: int,
+    C: int,
+    udtype: torch.dtype,
+    zdtype: torch.dtype,
+    seed: int = 0,
+    kind: str = "random",
+    device: str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits ``(N, C)``, tangents ``(k, N, C)`` and weights ``(N,)`` for the
+    ``softmax_ce_hvp`` kernel tests. ``kind``: ``"random"``, ``"masked"`` (−inf logits,
+    a fully masked last row), ``"zero_weight"`` (a NaN row with weight 0) or ``"huge"``
+    (logits of size 1e4). Weights are float64 for float64 tangents, else float32."""
+    g = torch.Generator().manual_seed(seed)
+    z = 3 * torch.randn(N, C, dtype=torch.float64, generator=g)
+    U = torch.randn(k, N, C, dtype=torch.float64, generator=g)
+    w = torch.rand(N, dtype=torch.float64, generator=g) + 0.5
+    if kind == "masked":
+        z[torch.rand(N, C, generator=g) < 0.5] = float("-inf")
+        z[-1] = float("-inf")
+    elif kind == "zero_weight":
+        w[0] = 0.0
+        z[0] = float("nan")
+        U[:, 0] = float("nan")
+    elif kind == "huge":
+        z = 1e4 * torch.randn(N, C, dtype=torch.float64, generator=g)
+    acc = torch.float64 if udtype == torch.float64 else torch.float32
+    return z.to(device, zdtype), U.to(device, udtype), w.to(device, acc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -32,3 +33,26 @@ def cxx() -> str | None:
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
     """Run a command, capturing its output as text."""
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+#: UndefinedBehaviorSanitizer: aborts on a misaligned 16-byte access, which would be a
+#: "misaligned address" fault on a GPU, and on other undefined behaviour.
+UBSAN = ["-fsanitize=undefined", "-fno-sanitize-recover=all"]
+
+
+def build_emulation(source: Path, out: Path, header: Path, load) -> ctypes.CDLL:
+    """Compile a CUDA kernel source as host C++ against the emulation ``header`` (with
+    UBSan where its runtime exists), load it with ``load`` and declare the emulation hook
+    ``lf_emu_configure``."""
+    cmd = [cxx(), "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-x", "c++",
+           f"-I{cuda_include()}", "-Wall", "-Wextra", "-Werror", "-Wno-attributes",
+           "-Wno-unknown-pragmas", f'-DLF_HOST_EMULATION="{header}"',
+           str(source), "-o", str(out)]  # fmt: skip
+    proc = run([*cmd, *UBSAN])
+    if proc.returncode != 0 and "sanitize" in proc.stderr:  # no UBSan runtime: build without
+        proc = run(cmd)
+    assert proc.returncode == 0, f"emulation build failed:\n{proc.stderr[-4000:]}"
+    lib = load(out)
+    lib.lf_emu_configure.argtypes = [ctypes.c_int, ctypes.c_uint] + [ctypes.c_int] * 3
+    lib.lf_emu_configure.restype = ctypes.c_int
+    return lib

@@ -37,6 +37,7 @@ from landscape_fast.kernels.cuda import block_reorth as cu
 from landscape_fast.ops.block_reorth import DEFAULT_RANK_TOL
 from landscape_fast.reference.block_reorth import block_reorth_ as reference_block_reorth
 from landscape_fast.testing import REORTH_DTYPE_IDS, REORTH_DTYPE_PAIRS
+from tests.kernels.cuda_tools import build_emulation
 from tests.kernels.cuda_tools import cuda_include as _cuda_include
 from tests.kernels.cuda_tools import cxx as _cxx
 from tests.kernels.cuda_tools import run as _run
@@ -358,26 +359,10 @@ needs_emulation = pytest.mark.skipif(
 EMU_H200 = dict(sms=132, smem_optin=232448, smem_per_sm=233472)
 
 
-#: UndefinedBehaviorSanitizer: aborts on a misaligned 16-byte (float4/Pack) access, which
-#: would be a "misaligned address" fault on a GPU, and on other undefined behaviour.
-UBSAN = ["-fsanitize=undefined", "-fno-sanitize-recover=all"]
-
-
 @functools.cache
 def _emulation_library(out_dir: str) -> ctypes.CDLL:
     out = Path(out_dir) / "block_reorth_emu.so"
-    cmd = [_cxx(), "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-x", "c++",
-           f"-I{_cuda_include()}", "-Wall", "-Wextra", "-Werror", "-Wno-attributes",
-           "-Wno-unknown-pragmas", f'-DLF_HOST_EMULATION="{EMULATION_HEADER}"',
-           str(CUDA_DIR / "block_reorth.cu"), "-o", str(out)]  # fmt: skip
-    proc = _run([*cmd, *UBSAN])
-    if proc.returncode != 0 and "sanitize" in proc.stderr:  # no UBSan runtime: build without
-        proc = _run(cmd)
-    assert proc.returncode == 0, f"emulation build failed:\n{proc.stderr[-4000:]}"
-    lib = cu.load_library(out)
-    lib.lf_emu_configure.argtypes = [ctypes.c_int, ctypes.c_uint] + [ctypes.c_int] * 3
-    lib.lf_emu_configure.restype = ctypes.c_int
-    return lib
+    return build_emulation(CUDA_DIR / "block_reorth.cu", out, EMULATION_HEADER, cu.load_library)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,8 @@ from landscape_fast._nvcc import find_nvcc
 from landscape_fast.kernels.cuda import softmax_ce_hvp as cu
 from landscape_fast.reference.softmax_ce_hvp import probabilities
 from landscape_fast.reference.softmax_ce_hvp import softmax_ce_hvp_ as reference_
+from landscape_fast.testing import softmax_ce_inputs
+from tests.kernels.cuda_tools import build_emulation
 from tests.kernels.cuda_tools import cuda_include as _cuda_include
 from tests.kernels.cuda_tools import cxx as _cxx
 from tests.kernels.cuda_tools import run as _run
@@ -50,22 +52,7 @@ PAD = 64  # guard elements on each side of every buffer
 # Inputs, guards and the float64 oracle
 
 
-def make(k, N, C, udtype, zdtype, seed=0, kind="random", device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    z = 3 * torch.randn(N, C, dtype=F64, generator=g)
-    U = torch.randn(k, N, C, dtype=F64, generator=g)
-    w = torch.rand(N, dtype=F64, generator=g) + 0.5
-    if kind == "masked":
-        z[torch.rand(N, C, generator=g) < 0.5] = float("-inf")
-        z[-1] = float("-inf")
-    elif kind == "zero_weight":
-        w[0] = 0.0
-        z[0] = float("nan")
-        U[:, 0] = float("nan")
-    elif kind == "huge":
-        z = 1e4 * torch.randn(N, C, dtype=F64, generator=g)
-    acc = F64 if udtype == F64 else F32
-    return z.to(device, zdtype), U.to(device, udtype), w.to(device, acc)
+make = softmax_ce_inputs
 
 
 class Guards:
@@ -136,24 +123,12 @@ needs_emulation = pytest.mark.skipif(
     _cxx() is None or _cuda_include() is None,
     reason="needs a C++ compiler and the CUDA headers (cuda_runtime.h, cuda_bf16.h)",
 )
-UBSAN = ["-fsanitize=undefined", "-fno-sanitize-recover=all"]
 
 
 @functools.cache
 def _emulation_library(out_dir: str) -> ctypes.CDLL:
     out = Path(out_dir) / "softmax_ce_hvp_emu.so"
-    cmd = [_cxx(), "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-x", "c++",
-           f"-I{_cuda_include()}", "-Wall", "-Wextra", "-Werror", "-Wno-attributes",
-           "-Wno-unknown-pragmas", f'-DLF_HOST_EMULATION="{EMULATION_HEADER}"',
-           str(SOURCE), "-o", str(out)]  # fmt: skip
-    proc = _run([*cmd, *UBSAN])
-    if proc.returncode != 0 and "sanitize" in proc.stderr:  # no UBSan runtime
-        proc = _run(cmd)
-    assert proc.returncode == 0, f"emulation build failed:\n{proc.stderr[-4000:]}"
-    lib = cu.load_library(out)
-    lib.lf_emu_configure.argtypes = [ctypes.c_int, ctypes.c_uint] + [ctypes.c_int] * 3
-    lib.lf_emu_configure.restype = ctypes.c_int
-    return lib
+    return build_emulation(SOURCE, out, EMULATION_HEADER, cu.load_library)
 
 
 @pytest.fixture(scope="module")

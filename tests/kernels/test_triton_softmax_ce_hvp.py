@@ -23,6 +23,7 @@ import torch
 
 from landscape_fast.reference.softmax_ce_hvp import probabilities
 from landscape_fast.reference.softmax_ce_hvp import softmax_ce_hvp_ as reference_
+from landscape_fast.testing import softmax_ce_inputs
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -62,20 +63,7 @@ def _guards_intact(t: torch.Tensor) -> bool:
     return bool(torch.isnan(buf[:GUARD]).all() and torch.isnan(buf[-GUARD:]).all())
 
 
-def _make(k, N, C, udtype, zdtype, seed=0, kind="random"):
-    g = torch.Generator().manual_seed(seed)
-    z = 3 * torch.randn(N, C, dtype=F64, generator=g)
-    U = torch.randn(k, N, C, dtype=F64, generator=g)
-    w = torch.rand(N, dtype=F64, generator=g) + 0.5
-    if kind == "masked":
-        z[torch.rand(N, C, generator=g) < 0.5] = float("-inf")
-        z[-1] = float("-inf")
-    elif kind == "zero_weight":
-        w[0] = 0.0
-        z[0] = float("nan")
-        U[:, 0] = float("nan")
-    acc = F64 if udtype == F64 else F32
-    return z.to(zdtype), U.to(udtype), w.to(acc)
+_make = softmax_ce_inputs
 
 
 def _check(z, U, w, got):
