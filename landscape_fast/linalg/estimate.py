@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-#: Fewest samples an adaptive stop accepts: the standard error of fewer is itself too noisy.
-MIN_SAMPLES = 10
+#: Fewest samples an adaptive stop accepts: with fewer, the standard error is itself so noisy
+#: that stopping when it happens to be small loses coverage (measured: ±3 SE covered 98.7% of
+#: 600 seeds at 10, 99.7% at 20).
+MIN_SAMPLES = 20
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,7 @@ class Estimate:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
-    def from_samples(
-        cls, samples: torch.Tensor, *, exact_part: float = 0.0, **fields
-    ) -> Estimate:
+    def from_samples(cls, samples: torch.Tensor, *, exact_part: float = 0.0, **fields) -> Estimate:
         """Mean plus ``exact_part`` and the standard error of i.i.d. ``samples`` (1-D)."""
         x = samples.detach().to(torch.float64).cpu().flatten()
         m = x.numel()
@@ -135,7 +135,7 @@ def stderr_target(rtol: float | None, atol: float | None) -> Callable[[float], f
 def first_stop(
     samples: torch.Tensor, exact_part: float, target: Callable[[float], float], min_samples: int
 ) -> int | None:
-    """First ``n >= min_samples`` at which the standard error of ``samples[:n]`` meets ``target``."""
+    """First ``n >= min_samples`` at which the SE of ``samples[:n]`` meets ``target``."""
     x = samples.to(torch.float64).cpu()
     m = x.numel()
     if m < max(min_samples, 2):
@@ -151,6 +151,17 @@ def first_stop(
         if se[i] <= target(exact_part + float(shift + mean[i])):
             return i + 1
     return None
+
+
+def _still_needed(x: torch.Tensor, exact_part: float, target) -> int:
+    """Predicted samples still needed (at least 1): :math:`s^2/\tau^2 - n`, or unbounded."""
+    if target is None or x.numel() < 2:
+        return 1 << 62
+    tau = target(exact_part + float(x.mean()))
+    var = float(x.var(correction=1))
+    if not tau > 0:
+        return 1 << 62
+    return max(1, math.ceil(var / tau**2) - x.numel())
 
 
 def sample_until(
@@ -190,7 +201,7 @@ def sample_until(
                 return x[:stop], drawn, True
         if x.numel() >= goal:
             return x[:goal], drawn, target is None
-        j = min(x.numel() + block_size, goal)
+        j = min(x.numel() + min(block_size, _still_needed(x, exact_part, target)), goal)
         new = draw(range(x.numel(), j)).to(torch.float64).cpu()
         drawn += new.numel()
         x = torch.cat([x, new])

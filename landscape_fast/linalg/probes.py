@@ -1,4 +1,5 @@
-r"""Random probe vectors that are the same for a seed on every backend and block size.
+r"""Random probe vectors that are the same for a seed on every backend and block size, and
+their products with an operator in blocks.
 
 Every stochastic estimator draws probes :math:`z` with :math:`\mathbb{E}[z z^\top] = I`:
 
@@ -29,6 +30,8 @@ import zlib
 
 import numpy as np
 import torch
+
+from landscape_fast.operators.base import CurvatureOperator
 
 #: Probe distributions: both have identity second moment.
 PROBE_KINDS = ("rademacher", "gaussian")
@@ -79,3 +82,31 @@ def probe_block(
     if not rows:
         return torch.zeros((0, p), dtype=dtype, device=device)
     return torch.stack(rows).to(dtype=dtype, device=device)
+
+
+def apply_blocks(
+    op: CurvatureOperator, V: torch.Tensor, block_size: int, *, what: str, first: int = 0
+) -> torch.Tensor:
+    """``V A`` as float64, ``block_size`` rows per product; non-finite products raise.
+
+    Args:
+        op: The operator.
+        V: ``(n, p)`` rows (any float dtype; cast to the operator's).
+        block_size: Rows per :meth:`~CurvatureOperator.matmat` call.
+        what: Names the rows in the error message (e.g. ``"trace: residual probe"``).
+        first: Index of the first row in the caller's numbering.
+    """
+    out = []
+    for i in range(0, V.shape[0], block_size):
+        AV = op.matmat(V[i : i + block_size].to(device=op.device, dtype=op.dtype))
+        bad = ~torch.isfinite(AV).all(dim=1)
+        if bool(bad.any()):
+            idx = [first + i + int(j) for j in torch.nonzero(bad).flatten()]
+            raise FloatingPointError(
+                f"{what} {idx}: the operator product is not finite (nan/inf); check that the "
+                "loss and its gradient are finite at these parameters (lf.check_hvp helps)"
+            )
+        out.append(AV.to(torch.float64))
+    if not out:
+        return torch.zeros((0, V.shape[1]), dtype=torch.float64, device=op.device)
+    return torch.cat(out)

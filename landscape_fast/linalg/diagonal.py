@@ -1,0 +1,304 @@
+r"""The diagonal of a curvature operator, with a per-entry standard error.
+
+**Hutchinson** (Bekas, Kokiopoulou & Saad 2007). For probes with
+:math:`\mathbb{E}[zz^\top] = I`, :math:`\mathbb{E}[z \odot Az] = \operatorname{diag} A`:
+
+.. math::
+
+    \hat d = \frac1m \sum_{i=1}^m z_i \odot (A z_i),\qquad
+    \mathrm{SE}_j = \frac{s_j}{\sqrt m},\ s_j^2 = \frac{1}{m-1}\sum_i
+    \big((z_i \odot A z_i)_j - \hat d_j\big)^2 .
+
+Entry :math:`j` of a Rademacher sample is :math:`A_{jj} + \sum_{k \ne j} z_j z_k A_{jk}`:
+exact (standard error 0) for a diagonal :math:`A`. The probes are the stream ``"probe"`` of
+:func:`~landscape_fast.trace`'s Hutchinson, so with the same seed and budget the entries of
+:math:`\hat d` sum to its trace estimate.
+
+**XDiag** (Epperly, Tropp & Webber 2024) is the exchangeable diagonal estimator of the
+XTrace paper (see :mod:`landscape_fast.linalg.xtrace` for the notation): with
+:math:`Q_{(i)}` an orthonormal basis of :math:`A\Omega` without column :math:`i`,
+
+.. math::
+
+    \hat d_i = \operatorname{diag}(Q_{(i)}Q_{(i)}^\top A)
+    + \omega_i \odot \big((I - Q_{(i)}Q_{(i)}^\top) A\omega_i\big),\qquad
+    \hat d = \frac1m\sum_i \hat d_i,
+
+unbiased because :math:`Q_{(i)}` does not depend on :math:`\omega_i`. With
+:math:`Y = A\Omega = QR`, :math:`Z = AQ`, :math:`s_i \propto R^{-\top}e_i` (unit) and
+:math:`Q_{(i)}Q_{(i)}^\top = Q(I - s_is_i^\top)Q^\top`, and since
+:math:`A\omega_i = QRe_i`,
+
+.. math::
+
+    \hat d_i = \operatorname{diag}(QZ^\top)_{\text{rows}}
+    - (Qs_i) \odot (Zs_i) + (s_i^\top R e_i)\, \omega_i \odot (Qs_i),
+
+i.e. :math:`\sum_k Q_{jk}Z_{jk}` plus two rank-one corrections per test vector:
+:math:`O(m^2 p)` work after the :math:`2m` products. The per-entry standard error is the
+sample standard deviation of the exchangeable :math:`\hat d_i` over :math:`\sqrt m`, as for
+XTrace. Test vectors are raw Rademacher or Gaussian (stream ``"xdiag"``; no rescaling).
+A rank-deficient sketch (:math:`\sigma_{\min}(R) \le 10^{-10}\sigma_{\max}(R)`, e.g.
+:math:`\operatorname{rank} A < m`) uses the whole basis for every :math:`i`; then
+:math:`(I - QQ^\top)A\omega_i = 0` and :math:`\hat d = \operatorname{diag}(QQ^\top A)`
+with standard error 0, exact when the range of :math:`A` was captured. With
+``num_matvecs >= p`` the diagonal is computed exactly from the :math:`p` coordinate-vector
+products.
+
+**Adaptive runs** (a tolerance instead of a budget) stop when the standard error of the
+vector, measured as :math:`\lVert \mathrm{SE}\rVert_2`, satisfies
+
+.. math:: \lVert \mathrm{SE} \rVert_2 \le \max(\text{atol},\ \text{rtol}\,\lVert\hat d\rVert_2),
+
+checked after every probe for Hutchinson (the stopping point does not depend on
+``block_size``) and after every doubling of the sketch for XDiag (8, 16, 32, ... test
+vectors, reusing every product), in both cases only from
+:data:`~landscape_fast.linalg.estimate.MIN_SAMPLES` samples on (XDiag: unless the sketch is
+rank deficient).
+If ``max_matvecs`` is reached first, ``converged=False``.
+
+Example:
+    >>> import torch
+    >>> from landscape_fast.operators import DenseOperator
+    >>> from landscape_fast.linalg.diagonal import diagonal
+    >>> A = DenseOperator(torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64)))
+    >>> est = diagonal(A, method="hutchinson", num_matvecs=10)
+    >>> est.value[:3].tolist(), float(est.stderr.max()), est.n_matvecs   # exact on a diagonal
+    ([1.0, 2.0, 3.0], 0.0, 10)
+    >>> from landscape_fast.testing import operator_with_spectrum
+    >>> op, M = operator_with_spectrum(0.9 ** torch.arange(100.0))
+    >>> est = diagonal(op, method="xdiag", num_matvecs=60, seed=1)
+    >>> bool((est.value - M.diagonal()).norm() < 3 * est.stderr.norm())
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from landscape_fast.linalg.estimate import MIN_SAMPLES, Estimate
+from landscape_fast.linalg.probes import apply_blocks, check_probe_kind, probe_block
+from landscape_fast.linalg.xtrace import (
+    _exact_diagonal,
+    _levels,
+    _Sketch,
+)
+from landscape_fast.operators.base import CurvatureOperator
+
+METHODS = ("xdiag", "hutchinson")
+DEFAULT_RTOL = 1e-2
+DEFAULT_MAX_MATVECS = 1000
+#: Test vectors per chunk when XDiag accumulates the per-entry moments.
+_CHUNK = 32
+
+
+def _norm_target(rtol: float | None, atol: float | None):
+    """``‖d̂‖ -> max(atol, rtol·‖d̂‖)``."""
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if tol is not None and not tol > 0:
+            raise ValueError(f"diagonal: {name} must be positive, got {tol}")
+    return lambda norm: max(atol or 0.0, (rtol or 0.0) * norm)
+
+
+def _hutchinson(
+    op: CurvatureOperator,
+    *,
+    num: int | None,
+    target,
+    max_matvecs: int,
+    seed: int,
+    probe: str,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, int, bool, int]:
+    """Per-entry mean and SE of ``z ⊙ Az``; returns ``(mean, se, used, converged, drawn)``."""
+    p = op.shape[0]
+    goal = num if target is None else max_matvecs
+    x0 = None
+    s1 = torch.zeros(p, dtype=torch.float64, device=op.device)
+    s2 = torch.zeros_like(s1)
+    n, drawn = 0, 0
+
+    def moments(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        var = (s2 - s1 * s1 / n).clamp_min(0) / max(n - 1, 1)
+        return x0 + s1 / n, (var / n).sqrt()
+
+    while n < goal:
+        b = min(block_size, goal - n)
+        if target is not None and n >= 2:
+            mean, se = moments(n)
+            tau = target(float(mean.norm()))
+            var_sum = float((se * se).sum()) * n
+            still = math.ceil(var_sum / tau**2) - n if tau > 0 else b
+            b = max(1, min(b, still))
+        Zb = probe_block(
+            p, range(drawn, drawn + b), seed=seed, stream="probe", kind=probe,
+            dtype=torch.float64, device=op.device,
+        )  # fmt: skip
+        X = Zb * apply_blocks(op, Zb, block_size, what="diagonal: probe", first=drawn)
+        drawn += b
+        for row in X:
+            if x0 is None:
+                x0 = row.clone()
+            d = row - x0
+            s1 += d
+            s2 += d * d
+            n += 1
+            if target is not None and n >= MIN_SAMPLES:
+                mean, se = moments(n)
+                if float(se.norm()) <= target(float(mean.norm())):
+                    return mean, se, n, True, drawn
+    mean, se = moments(n)
+    if n < 2:
+        se = torch.full_like(se, math.nan)
+    return mean, se, n, target is None, drawn
+
+
+def _xdiag_moments(sk: _Sketch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-entry mean and standard error of the ``m`` exchangeable XDiag estimates."""
+    Q, Z, Om, R, m = sk.Q, sk.Z, sk.Om, sk.R, sk.m
+    dqz = (Q * Z).sum(dim=0)
+    if sk.deficient:
+        return dqz, torch.zeros_like(dqz)
+    S = sk.S()
+    beta = (S * R).sum(dim=0)  # s_iᵀ R e_i
+    mean = torch.zeros_like(dqz)
+    m2 = torch.zeros_like(dqz)
+    n = 0
+    for c in range(0, m, _CHUNK):  # Chan et al.'s pairwise update, chunk by chunk
+        cols = slice(c, min(c + _CHUNK, m))
+        QS = S[:, cols].T @ Q
+        ZS = S[:, cols].T @ Z
+        D = QS * (beta[cols, None] * Om[cols] - ZS)
+        nb = D.shape[0]
+        mb = D.mean(dim=0)
+        delta = mb - mean
+        tot = n + nb
+        mean = mean + delta * (nb / tot)
+        m2 = m2 + ((D - mb) ** 2).sum(dim=0) + delta * delta * (n * nb / tot)
+        n = tot
+    se = (m2 / (m - 1) / m).sqrt()
+    return dqz + mean, se
+
+
+def diagonal(
+    op: CurvatureOperator,
+    method: str = "xdiag",
+    num_matvecs: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    *,
+    probe: str = "rademacher",
+    block_size: int = 8,
+    max_matvecs: int = DEFAULT_MAX_MATVECS,
+) -> Estimate:
+    r"""Estimate :math:`\operatorname{diag} A` with a per-entry standard error.
+
+    Args:
+        op: Symmetric operator.
+        method: ``"xdiag"`` (exchangeable; fewer products on decaying spectra) or
+            ``"hutchinson"``.
+        num_matvecs: Fixed product budget (Hutchinson: at least 2 probes; XDiag: at least 4,
+            ``num_matvecs // 2`` test vectors, exact from ``p`` products when
+            ``num_matvecs >= p``). Without it and without ``rtol``/``atol``: ``rtol=1e-2``.
+        rtol: Stop when :math:`\lVert\mathrm{SE}\rVert_2 \le \text{rtol}\,\lVert\hat d\rVert_2`
+            ...
+        atol: ... or :math:`\lVert\mathrm{SE}\rVert_2 \le \text{atol}`.
+        seed: Seed of the probes.
+        probe: ``"rademacher"`` (exact on diagonal matrices for Hutchinson) or ``"gaussian"``.
+        block_size: Vectors per operator product; the result does not depend on it.
+        max_matvecs: Product budget of an adaptive run; if it is reached first the estimate
+            says ``converged=False``.
+
+    Returns:
+        :class:`~landscape_fast.linalg.estimate.Estimate` with ``quantity="diagonal"``,
+        ``value`` and ``stderr`` ``(p,)`` float64 CPU tensors, ``samples=None`` and
+        ``target_stderr`` the wanted :math:`\lVert\mathrm{SE}\rVert_2` of an adaptive run.
+
+    Raises:
+        ValueError: Bad arguments.
+        FloatingPointError: A product is not finite (names the probe indices).
+    """
+    if method not in METHODS:
+        raise ValueError(f"diagonal: method must be one of {METHODS}, got {method!r}")
+    check_probe_kind(probe)
+    if block_size < 1:
+        raise ValueError(f"diagonal: block_size must be >= 1, got {block_size}")
+    if num_matvecs is not None and (rtol is not None or atol is not None):
+        raise ValueError("diagonal: give either num_matvecs (fixed budget) or rtol/atol, not both")
+    if num_matvecs is None and rtol is None and atol is None:
+        rtol = DEFAULT_RTOL
+    target = None if num_matvecs is not None else _norm_target(rtol, atol)
+    p = op.shape[0]
+    settings = dict(method=method, quantity="diagonal", probe=probe, seed=seed)
+    notes: list[str] = []
+
+    def result(mean, se, n_matvecs, ok) -> Estimate:
+        mean, se = mean.cpu(), se.cpu()
+        tau = None if target is None else target(float(mean.norm()))
+        if target is not None and not ok:
+            notes.append(f"max_matvecs={max_matvecs} reached before the target standard error")
+        return Estimate(
+            value=mean, stderr=se, n_matvecs=n_matvecs, samples=None, target_stderr=tau,
+            converged=ok, notes=tuple(notes), **settings,
+        )  # fmt: skip
+
+    if method == "hutchinson":
+        if num_matvecs is not None and num_matvecs < 2:
+            raise ValueError(
+                f"diagonal: hutchinson needs num_matvecs >= 2 for a standard error, got "
+                f"{num_matvecs}"
+            )
+        if target is not None and max_matvecs < 2:
+            raise ValueError(f"diagonal: max_matvecs must be >= 2, got {max_matvecs}")
+        mean, se, used, ok, drawn = _hutchinson(
+            op, num=num_matvecs, target=target, max_matvecs=max_matvecs, seed=seed,
+            probe=probe, block_size=block_size,
+        )  # fmt: skip
+        if used < 2:
+            warnings.warn("diagonal: one probe gives no standard error", stacklevel=2)
+        notes.append(f"{used} probes")
+        return result(mean, se, drawn, ok)
+
+    sk = _Sketch(
+        op, seed=seed, probe=probe, block_size=block_size, stream="xdiag", normalize=False,
+        name="diagonal: xdiag",
+    )  # fmt: skip
+
+    def exact() -> Estimate:
+        d = _exact_diagonal(op, block_size, what="diagonal: coordinate vector")
+        notes.append(f"exact: the diagonal from the {p} coordinate-vector products")
+        return result(d, torch.zeros_like(d), sk.matvecs + p, True)
+
+    if target is None:
+        if num_matvecs < 4:
+            raise ValueError(
+                f"diagonal: xdiag needs num_matvecs >= 4 (each test vector costs 2 products and "
+                f"the standard error needs 2 of them), got {num_matvecs}; pass 4 or more"
+            )
+        if num_matvecs >= p:
+            return exact()
+        sk.grow_to(num_matvecs // 2)
+        ok = True
+    else:
+
+        def accept() -> bool:
+            mean, se = _xdiag_moments(sk)
+            return float(se.norm()) <= target(float(mean.norm())) and (
+                sk.m >= MIN_SAMPLES or sk.deficient
+            )
+
+        how, ok = _levels(sk, max_matvecs=max_matvecs, accept=accept)
+        if how == "exact":
+            return exact()
+    mean, se = _xdiag_moments(sk)
+    notes.append(f"{sk.m} test vectors")
+    if sk.deficient:
+        notes.append(
+            "the sketch is rank deficient (rank(A) < m?): diag(QQᵀA) with standard error 0, "
+            "exact if the range of A was captured"
+        )
+    return result(mean, se, sk.matvecs, ok)

@@ -1,0 +1,361 @@
+r"""Trace and squared Frobenius norm of a curvature operator, with standard errors.
+
+**Hutchinson.** For probes with :math:`\mathbb{E}[zz^\top] = I`,
+
+.. math::
+
+    \operatorname{tr} A = \mathbb{E}[z^\top A z],\qquad
+    \lVert A \rVert_F^2 = \operatorname{tr} A^2 = \mathbb{E}\lVert A z \rVert^2,
+
+with per-sample variance :math:`2(\lVert A\rVert_F^2 - \sum_i A_{ii}^2)` (Rademacher) or
+:math:`2\lVert A\rVert_F^2` (Gaussian) for the trace.
+
+**Hutch++** (Meyer, Musco, Musco & Woodruff 2021) removes the top of the spectrum first:
+with :math:`Q` an orthonormal basis of :math:`A S` for a sketch :math:`S` of :math:`k`
+probes and :math:`P = I - Q^\top Q` (rows of ``Q`` are the basis),
+
+.. math::
+
+    \operatorname{tr} A = \operatorname{tr}(Q A Q^\top) + \mathbb{E}[(Pg)^\top A (Pg)],\qquad
+    \lVert A \rVert_F^2 = \lVert Q A \rVert_F^2 + \mathbb{E}\lVert A P g \rVert^2,
+
+exactly for any orthonormal ``Q`` (the cross terms vanish by cyclicity), so only the
+residual part is random and its variance :math:`2\lVert PAP\rVert_F^2` is small when the
+spectrum decays. Given :math:`Q`, the residual samples are i.i.d. and their standard error
+is the estimate's. A fixed budget :math:`m` uses :math:`k = \lfloor m/3 \rfloor` sketch
+probes (:math:`2k` products) and :math:`m - 2k` residual probes. With a tolerance the sketch
+grows by doubling (8, 16, 32, ... probes) while a pilot of residual samples shows that the
+last growth paid for itself and the predicted remaining cost exceeds the next growth's;
+then residual probes are drawn until the standard error meets the target.
+
+**XTrace** (Epperly, Tropp & Webber 2024): see :mod:`landscape_fast.linalg.xtrace`.
+
+Every probe is reproducible (:mod:`landscape_fast.linalg.probes`): a seed gives the same
+numbers for any block size and backend.
+
+Example:
+    >>> import torch, landscape_fast as lf
+    >>> A = lf.DenseOperator(torch.diag(torch.linspace(1.0, 100.0, 200, dtype=torch.float64)))
+    >>> est = lf.trace(A, method="hutchinson", num_matvecs=50, seed=0)
+    >>> est.value, est.stderr, est.n_matvecs          # Rademacher: exact on a diagonal
+    (10100.0, 0.0, 50)
+    >>> est = lf.trace(A, method="hutch++", rtol=1e-2)
+    >>> abs(est.value - 10100.0) < 3 * est.stderr + 1e-6, est.converged
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from landscape_fast.linalg.estimate import (
+    MIN_SAMPLES,
+    Estimate,
+    sample_until,
+    stderr_target,
+)
+from landscape_fast.linalg.probes import apply_blocks, check_probe_kind, probe_block
+from landscape_fast.operators.base import CurvatureOperator
+from landscape_fast.ops.block_reorth import block_reorth
+
+METHODS = ("hutchinson", "hutch++", "xtrace")
+#: Product budget of an adaptive run unless ``max_matvecs`` says otherwise.
+DEFAULT_MAX_MATVECS = 1000
+#: Default relative standard error when neither a budget nor a tolerance is given.
+DEFAULT_RTOL = 1e-2
+#: Sketch size of the first Hutch++ level in an adaptive run (then doubled).
+FIRST_SKETCH = 8
+#: Residual samples drawn after each sketch level to decide whether to grow it.
+PILOT = 10
+DEFAULT_BLOCK_SIZE = 8
+
+
+@dataclass(frozen=True)
+class _Quantity:
+    """What one sample is: ``z ↦ zᵀAz`` (trace) or ``z ↦ ‖Az‖²`` (Frobenius)."""
+
+    name: str
+    sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def exact(self, Q: torch.Tensor, AQ: torch.Tensor) -> float:
+        """The deterministic part for the orthonormal rows ``Q`` and their products ``AQ``."""
+        return float(self.sample(Q, AQ).sum()) if Q.shape[0] else 0.0
+
+
+TRACE = _Quantity("trace", lambda Z, AZ: (Z * AZ).sum(dim=1))
+FROBENIUS = _Quantity("frobenius_norm_sq", lambda Z, AZ: (AZ * AZ).sum(dim=1))
+
+
+class _Sketch:
+    """Hutch++'s orthonormal basis ``Q`` of ``A S`` and the products ``A Q``, grown in steps."""
+
+    def __init__(self, op: CurvatureOperator, *, seed: int, probe: str, block_size: int) -> None:
+        self.op, self.seed, self.probe, self.block_size = op, seed, probe, block_size
+        p = op.shape[0]
+        self.Q = torch.zeros((0, p), dtype=torch.float64, device=op.device)
+        self.AQ = torch.zeros((0, p), dtype=torch.float64, device=op.device)
+        self.size = 0  # sketch probes drawn
+        self.matvecs = 0
+
+    @property
+    def full(self) -> bool:
+        """``Q`` spans the whole space: the trace is exact."""
+        return self.Q.shape[0] >= self.op.shape[0]
+
+    def grow(self, size: int) -> None:
+        """Draw sketch probes ``self.size .. size-1`` and extend ``Q`` and ``A Q``."""
+        p = self.op.shape[0]
+        S = probe_block(
+            p, range(self.size, size), seed=self.seed, stream="sketch", kind=self.probe,
+            dtype=torch.float64, device=self.op.device,
+        )  # fmt: skip
+        Y = apply_blocks(self.op, S, self.block_size, what="hutch++: sketch probe", first=self.size)
+        self.matvecs += S.shape[0]
+        self.size = size
+        out = block_reorth(self.Q, Y.contiguous(), rank_tol=1e-10)
+        new = out.W[~out.deficient]
+        if new.shape[0]:
+            AQ = apply_blocks(self.op, new, self.block_size, what="hutch++: sketch basis vector")
+            self.matvecs += new.shape[0]
+            self.Q = torch.cat([self.Q, new])
+            self.AQ = torch.cat([self.AQ, AQ])
+
+    def residual_draw(self, quantity: _Quantity) -> Callable[[range], torch.Tensor]:
+        """Samples of the residual ``(Pg)ᵀA(Pg)`` (or ``‖APg‖²``) for probe indices."""
+        p = self.op.shape[0]
+
+        def draw(indices: range) -> torch.Tensor:
+            G = probe_block(
+                p, indices, seed=self.seed, stream="probe", kind=self.probe,
+                dtype=torch.float64, device=self.op.device,
+            )  # fmt: skip
+            if self.Q.shape[0]:
+                G = G - (G @ self.Q.T) @ self.Q
+            AG = apply_blocks(
+                self.op, G, self.block_size, what=f"{quantity.name}: probe", first=indices.start
+            )
+            self.matvecs += G.shape[0]
+            return quantity.sample(G, AG)
+
+        return draw
+
+
+def _hutch(
+    op: CurvatureOperator,
+    quantity: _Quantity,
+    *,
+    sketch_size: int | None,
+    num_samples: int | None,
+    target,
+    max_matvecs: int,
+    seed: int,
+    probe: str,
+    block_size: int,
+    min_samples: int,
+) -> tuple[_Sketch, torch.Tensor, bool]:
+    """Hutchinson (``sketch_size=0``) or Hutch++ (fixed or adaptive sketch), then residuals."""
+    sk = _Sketch(op, seed=seed, probe=probe, block_size=block_size)
+    if target is None:
+        if sketch_size:
+            sk.grow(sketch_size)
+        samples, _, ok = sample_until(
+            sk.residual_draw(quantity), target=None, num_samples=num_samples,
+            max_samples=num_samples, block_size=block_size,
+        )  # fmt: skip
+        return sk, samples, ok
+    pilot = None
+    if sketch_size is None:  # adaptive Hutch++: grow the sketch while it pays
+        pilot = _adaptive_sketch(sk, quantity, target, max_matvecs, PILOT)
+    draw = sk.residual_draw(quantity)
+    samples, _, ok = sample_until(
+        draw, target=target, num_samples=None,
+        max_samples=max(max_matvecs - sk.matvecs + (0 if pilot is None else pilot.numel()), 2),
+        block_size=block_size, exact_part=quantity.exact(sk.Q, sk.AQ),
+        min_samples=min_samples, first=pilot,
+    )  # fmt: skip
+    return sk, samples, ok
+
+
+def _adaptive_sketch(
+    sk: _Sketch, quantity: _Quantity, target, max_matvecs: int, pilot_size: int
+) -> torch.Tensor:
+    """Grow the Hutch++ sketch by doubling while it pays; return the last level's pilot samples.
+
+    After each level, ``pilot_size`` residual samples estimate the per-sample variance
+    :math:`v` and the residual probes still needed, :math:`v / \\tau^2` for the target
+    standard error :math:`\\tau`. The sketch doubles again only if the last doubling saved
+    at least what it cost (:math:`(v_{prev} - v)/\\tau^2 \\ge` its products; on the first
+    level: the remaining need is at least twice the next level's cost) and the next level
+    fits in the budget.
+    """
+    prev_var, prev_cost = None, 0
+    size = FIRST_SKETCH
+    while True:
+        before = sk.matvecs
+        sk.grow(min(size, sk.op.shape[0]))
+        pilot = sk.residual_draw(quantity)(range(0, pilot_size))
+        cost = sk.matvecs - before
+        if sk.full:
+            return pilot
+        var = float(pilot.var(correction=1))
+        tau = target(quantity.exact(sk.Q, sk.AQ) + float(pilot.mean()))
+        need = var / tau**2 if tau > 0 else math.inf
+        next_cost = 2 * size + pilot_size
+        if prev_var is None:
+            pays = need >= 2 * next_cost
+        else:
+            pays = (prev_var - var) / max(tau**2, 1e-300) >= prev_cost and need >= next_cost
+        if not pays or need <= pilot_size or sk.matvecs + next_cost + pilot_size > max_matvecs:
+            return pilot
+        prev_var, prev_cost = var, cost
+        size *= 2
+
+
+def _estimate(
+    op: CurvatureOperator,
+    quantity: _Quantity,
+    method: str,
+    num_matvecs: int | None,
+    rtol: float | None,
+    atol: float | None,
+    seed: int,
+    probe: str,
+    block_size: int | None,
+    max_matvecs: int | None,
+    min_samples: int,
+) -> Estimate:
+    name = quantity.name
+    if method not in METHODS:
+        raise ValueError(f"{name}: method must be one of {METHODS}, got {method!r}")
+    check_probe_kind(probe)
+    if num_matvecs is not None and (rtol is not None or atol is not None):
+        raise ValueError(f"{name}: give either num_matvecs (fixed budget) or rtol/atol, not both")
+    if num_matvecs is None and rtol is None and atol is None:
+        rtol = DEFAULT_RTOL
+    target = stderr_target(rtol, atol)
+    max_matvecs = DEFAULT_MAX_MATVECS if max_matvecs is None else int(max_matvecs)
+    block_size = DEFAULT_BLOCK_SIZE if block_size is None else int(block_size)
+    if block_size < 1:
+        raise ValueError(f"{name}: block_size must be >= 1, got {block_size}")
+    settings = dict(probe=probe, seed=seed, quantity=name)
+    if method == "xtrace":
+        if quantity is not TRACE:
+            raise ValueError(f"{name}: method='xtrace' estimates traces only; use 'hutch++'")
+        from landscape_fast.linalg.xtrace import xtrace_estimate
+
+        return xtrace_estimate(
+            op, num_matvecs=num_matvecs, target=target, max_matvecs=max_matvecs, seed=seed,
+            probe=probe, block_size=block_size,
+        )  # fmt: skip
+
+    notes: list[str] = []
+    if method == "hutchinson":
+        sketch_size = 0
+        num_samples = num_matvecs
+    elif num_matvecs is not None:
+        if num_matvecs < 3:
+            raise ValueError(
+                f"{name}: hutch++ needs num_matvecs >= 3 (a third sketches, a third builds the "
+                f"basis, the rest are residual probes), got {num_matvecs}; use 'hutchinson'"
+            )
+        sketch_size = min(num_matvecs // 3, op.shape[0])
+        num_samples = num_matvecs - 2 * sketch_size
+    else:
+        sketch_size, num_samples = None, None
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f"{name}: num_matvecs must be >= 1, got {num_matvecs}")
+    before = op.n_matvecs
+    sk, samples, ok = _hutch(
+        op, quantity, sketch_size=sketch_size, num_samples=num_samples, target=target,
+        max_matvecs=max_matvecs, seed=seed, probe=probe, block_size=block_size,
+        min_samples=min_samples,
+    )  # fmt: skip
+    if method == "hutch++":
+        notes.append(f"sketch of {sk.size} probes, basis rank {sk.Q.shape[0]}")
+    if sk.full:
+        notes.append("the sketch spans the whole space: the value is exact")
+    exact = quantity.exact(sk.Q, sk.AQ)
+    tau = None if target is None else target(exact + float(samples.mean()))
+    if target is not None and not ok:
+        notes.append(f"max_matvecs={max_matvecs} reached before the target standard error")
+    return Estimate.from_samples(
+        samples, exact_part=exact, n_matvecs=op.n_matvecs - before, method=method,
+        target_stderr=tau, converged=ok, notes=tuple(notes), **settings,
+    )  # fmt: skip
+
+
+def trace(
+    op: CurvatureOperator,
+    method: str = "hutch++",
+    num_matvecs: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    *,
+    probe: str = "rademacher",
+    block_size: int | None = None,
+    max_matvecs: int | None = None,
+    min_samples: int = MIN_SAMPLES,
+) -> Estimate:
+    r"""Estimate :math:`\operatorname{tr} A` with a standard error.
+
+    Args:
+        op: Symmetric operator.
+        method: ``"hutch++"`` (default: fewest products on decaying spectra),
+            ``"hutchinson"`` or ``"xtrace"``.
+        num_matvecs: Fixed product budget. Without it (and without ``rtol``/``atol``) the run
+            is adaptive with ``rtol=1e-2``.
+        rtol: Stop when the standard error is at most ``rtol·|value|`` ...
+        atol: ... or at most ``atol`` (use it when the trace may be near 0: indefinite ``A``).
+        seed: Seed of every probe.
+        probe: ``"rademacher"`` (lower variance) or ``"gaussian"``.
+        block_size: Probes per operator product (one data pass each); default 8. The result
+            does not depend on it.
+        max_matvecs: Product budget of an adaptive run (default 1000); if it is hit the
+            estimate says ``converged=False``.
+        min_samples: Fewest random samples an adaptive stop accepts.
+
+    Returns:
+        :class:`~landscape_fast.linalg.estimate.Estimate`; ``value ± 3·stderr`` covers the
+        trace in about 99% of seeds.
+    """
+    return _estimate(
+        op, TRACE, method, num_matvecs, rtol, atol, seed, probe, block_size, max_matvecs,
+        min_samples,
+    )  # fmt: skip
+
+
+def frobenius_norm_sq(
+    op: CurvatureOperator,
+    method: str = "hutch++",
+    num_matvecs: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    *,
+    probe: str = "rademacher",
+    block_size: int | None = None,
+    max_matvecs: int | None = None,
+    min_samples: int = MIN_SAMPLES,
+) -> Estimate:
+    r"""Estimate :math:`\lVert A\rVert_F^2 = \operatorname{tr} A^2 = \sum_i \lambda_i^2`.
+
+    Hutchinson samples :math:`\lVert Az\rVert^2`; Hutch++ adds the exact
+    :math:`\lVert QA\rVert_F^2` of a sketched basis. Arguments as :func:`trace` (no
+    ``"xtrace"``). :math:`\lVert A\rVert_F^2/T^2` bounds the number of eigenvalues with
+    :math:`|\lambda| \ge T` (see :func:`~landscape_fast.eigenvalue_count_bound`).
+
+    Example:
+        >>> import torch, landscape_fast as lf
+        >>> A = lf.DenseOperator(torch.diag(torch.tensor([3.0, -4.0], dtype=torch.float64)))
+        >>> lf.frobenius_norm_sq(A, method="hutchinson", num_matvecs=4).value
+        25.0
+    """
+    return _estimate(
+        op, FROBENIUS, method, num_matvecs, rtol, atol, seed, probe, block_size, max_matvecs,
+        min_samples,
+    )  # fmt: skip
