@@ -12,6 +12,7 @@ Example:
 
 from landscape_fast._backend import BackendError
 from landscape_fast.linalg import (
+    CountBound,
     EigenResult,
     Estimate,
     LanczosResult,
@@ -19,6 +20,8 @@ from landscape_fast.linalg import (
     condition_numbers,
     count_outliers,
     diagonal,
+    effective_dimension,
+    eigenvalue_count_bound,
     eigsh,
     frobenius_norm_sq,
     lanczos,
@@ -47,6 +50,7 @@ __all__ = [
     "GGN",
     "BackendError",
     "BatchLoss",
+    "CountBound",
     "CurvatureOperator",
     "DenseOperator",
     "EigenResult",
@@ -64,6 +68,8 @@ __all__ = [
     "condition_numbers",
     "count_outliers",
     "diagonal",
+    "effective_dimension",
+    "eigenvalue_count_bound",
     "eigsh",
     "frobenius_norm_sq",
     "lanczos",

@@ -1,5 +1,6 @@
 """Solvers on the ``CurvatureOperator`` protocol (they never see a model)."""
 
+from landscape_fast.linalg.counting import CountBound, effective_dimension, eigenvalue_count_bound
 from landscape_fast.linalg.density import SpectralDensity
 from landscape_fast.linalg.diagonal import diagonal
 from landscape_fast.linalg.eigsh import RestartRecord, eigsh
@@ -17,6 +18,9 @@ from landscape_fast.linalg.spectrum import (
 from landscape_fast.linalg.trace import frobenius_norm_sq, trace
 
 __all__ = [
+    "CountBound",
+    "effective_dimension",
+    "eigenvalue_count_bound",
     "SpectralDensity",
     "diagonal",
     "spectral_density",

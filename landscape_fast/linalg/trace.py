@@ -162,6 +162,9 @@ def _hutch(
     if target is None:
         if sketch_size:
             sk.grow(sketch_size)
+            if sk.full:
+                return sk, torch.zeros(0, dtype=torch.float64), True
+            num_samples += 2 * sketch_size - sk.matvecs  # a rank-deficient sketch spent less
         samples, _, ok = sample_until(
             sk.residual_draw(quantity), target=None, num_samples=num_samples,
             max_samples=num_samples, block_size=block_size,
@@ -170,6 +173,8 @@ def _hutch(
     pilot = None
     if sketch_size is None:  # adaptive Hutch++: grow the sketch while it pays
         pilot = _adaptive_sketch(sk, quantity, target, max_matvecs, PILOT)
+        if sk.full:
+            return sk, torch.zeros(0, dtype=torch.float64), True
     draw = sk.residual_draw(quantity)
     samples, _, ok = sample_until(
         draw, target=target, num_samples=None,
@@ -182,7 +187,7 @@ def _hutch(
 
 def _adaptive_sketch(
     sk: _Sketch, quantity: _Quantity, target, max_matvecs: int, pilot_size: int
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """Grow the Hutch++ sketch by doubling while it pays; return the last level's pilot samples.
 
     After each level, ``pilot_size`` residual samples estimate the per-sample variance
@@ -197,10 +202,10 @@ def _adaptive_sketch(
     while True:
         before = sk.matvecs
         sk.grow(min(size, sk.op.shape[0]))
+        if sk.full:
+            return None
         pilot = sk.residual_draw(quantity)(range(0, pilot_size))
         cost = sk.matvecs - before
-        if sk.full:
-            return pilot
         var = float(pilot.var(correction=1))
         tau = target(quantity.exact(sk.Q, sk.AQ) + float(pilot.mean()))
         need = var / tau**2 if tau > 0 else math.inf
@@ -279,6 +284,12 @@ def _estimate(
     if sk.full:
         notes.append("the sketch spans the whole space: the value is exact")
     exact = quantity.exact(sk.Q, sk.AQ)
+    if sk.full:
+        return Estimate(
+            value=exact, stderr=0.0, n_matvecs=op.n_matvecs - before, samples=samples,
+            method=method, exact_part=exact, notes=tuple(notes),
+            target_stderr=None if target is None else target(exact), **settings,
+        )  # fmt: skip
     tau = None if target is None else target(exact + float(samples.mean()))
     if target is not None and not ok:
         notes.append(f"max_matvecs={max_matvecs} reached before the target standard error")
