@@ -24,9 +24,10 @@ residual part is random and its variance :math:`2\lVert PAP\rVert_F^2` is small 
 spectrum decays. Given :math:`Q`, the residual samples are i.i.d. and their standard error
 is the estimate's. A fixed budget :math:`m` uses :math:`k = \lfloor m/3 \rfloor` sketch
 probes (:math:`2k` products) and :math:`m - 2k` residual probes. With a tolerance the sketch
-grows by doubling (8, 16, 32, ... probes) while a pilot of residual samples shows that the
-last growth paid for itself and the predicted remaining cost exceeds the next growth's;
-then residual probes are drawn until the standard error meets the target.
+starts empty and grows (8, 16, 32, ... probes) while a pilot of residual samples shows that
+the last growth paid for itself and the predicted remaining cost exceeds the next growth's
+(a flat spectrum gets no sketch: Hutchinson plus one pilot); then residual probes are drawn
+until the standard error meets the target.
 
 **XTrace** (Epperly, Tropp & Webber 2024): see :mod:`landscape_fast.linalg.xtrace`.
 
@@ -188,36 +189,41 @@ def _hutch(
 def _adaptive_sketch(
     sk: _Sketch, quantity: _Quantity, target, max_matvecs: int, pilot_size: int
 ) -> torch.Tensor | None:
-    """Grow the Hutch++ sketch by doubling while it pays; return the last level's pilot samples.
+    r"""Grow the Hutch++ sketch while it pays; return the last level's pilot samples
+    (``None`` once the sketch spans the whole space).
 
-    After each level, ``pilot_size`` residual samples estimate the per-sample variance
-    :math:`v` and the residual probes still needed, :math:`v / \\tau^2` for the target
-    standard error :math:`\\tau`. The sketch doubles again only if the last doubling saved
-    at least what it cost (:math:`(v_{prev} - v)/\\tau^2 \\ge` its products; on the first
-    level: the remaining need is at least twice the next level's cost) and the next level
-    fits in the budget.
+    Level 0 has no sketch (plain Hutchinson), then the sketch has 8, 16, 32, ... probes. At
+    each level ``pilot_size`` residual samples estimate the per-sample variance :math:`v`
+    and the residual probes still needed, :math:`v / \tau^2` for the target standard error
+    :math:`\tau`. The next level is built only if the last one saved at least what it cost,
+    :math:`(v_{prev} - v)/\tau^2 \ge` its products (at level 0: if the remaining need is at
+    least twice the next level's cost), the remaining need exceeds the next level's cost, and
+    it fits in the budget. So a flat spectrum costs one pilot more than Hutchinson, and a
+    decaying one gets the sketch it needs.
     """
     prev_var, prev_cost = None, 0
-    size = FIRST_SKETCH
+    size = 0
     while True:
         before = sk.matvecs
-        sk.grow(min(size, sk.op.shape[0]))
-        if sk.full:
-            return None
+        if size:
+            sk.grow(min(size, sk.op.shape[0]))
+            if sk.full:
+                return None
         pilot = sk.residual_draw(quantity)(range(0, pilot_size))
         cost = sk.matvecs - before
         var = float(pilot.var(correction=1))
         tau = target(quantity.exact(sk.Q, sk.AQ) + float(pilot.mean()))
         need = var / tau**2 if tau > 0 else math.inf
-        next_cost = 2 * size + pilot_size
+        next_size = FIRST_SKETCH if size == 0 else 2 * size
+        next_cost = 2 * (next_size - size) + pilot_size
         if prev_var is None:
             pays = need >= 2 * next_cost
         else:
             pays = (prev_var - var) / max(tau**2, 1e-300) >= prev_cost and need >= next_cost
-        if not pays or need <= pilot_size or sk.matvecs + next_cost + pilot_size > max_matvecs:
+        if not pays or need <= pilot_size or sk.matvecs + next_cost > max_matvecs:
             return pilot
         prev_var, prev_cost = var, cost
-        size *= 2
+        size = next_size
 
 
 def _estimate(

@@ -37,27 +37,44 @@ def naive_xtrace(A: torch.Tensor, Om: torch.Tensor, improved: bool) -> torch.Ten
     return torch.stack(out)
 
 
+def naive_jackknife_stderr(A: torch.Tensor, Om: torch.Tensor, improved: bool) -> float:
+    """sqrt((m−1)/m Σ_j (T_(j) − mean)²), T_(j) = XTrace re-run without test vector j."""
+    m = Om.shape[1]
+    loo = torch.stack([
+        naive_xtrace(A, Om[:, [k for k in range(m) if k != j]], improved).mean() for j in range(m)
+    ])  # fmt: skip
+    return math.sqrt((m - 1) / m * float(((loo - loo.mean()) ** 2).sum()))
+
+
+@pytest.mark.parametrize("m", [2, 3, 12])
 @pytest.mark.parametrize("kind", KINDS)
-def test_fast_matches_naive_leave_one_out(kind: str) -> None:
+def test_fast_matches_naive_leave_one_out(kind: str, m: int) -> None:
     op, A = decaying_operator()
-    m = 12
     est = xtrace_estimate(op, num_matvecs=2 * m, seed=5, probe=kind)
     Om = probe_block(60, range(m), seed=5, stream="xtrace", kind=kind).T
-    expected = naive_xtrace(A, Om, improved=kind == "gaussian")
+    improved = kind == "gaussian"
+    expected = naive_xtrace(A, Om, improved)
     torch.testing.assert_close(est.samples, expected, atol=1e-10, rtol=1e-10)
     assert est.value == pytest.approx(float(expected.mean()), abs=1e-10)
-    assert est.stderr == pytest.approx(float(expected.std()) / math.sqrt(m), abs=1e-10)
+    assert est.stderr == pytest.approx(naive_jackknife_stderr(A, Om, improved), abs=1e-10)
+    if m == 12:  # the jackknife is wider than the paper's s/sqrt(m) (as on every spectrum tried)
+        assert est.stderr > float(expected.std()) / math.sqrt(m)
     assert est.n_matvecs == 2 * m == op.n_matvecs
     assert est.method == "xtrace" and est.quantity == "trace" and est.probe == kind
 
 
+def slow_decay_operator(p: int = 100, seed: int = 2):
+    """Eigenvalues 10/i: the paper's s/sqrt(m) covers only 96.5-98% of 200 seeds at ±3 SE."""
+    return operator_with_spectrum(10.0 / torch.arange(1.0, p + 1.0), seed=seed)
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_coverage_over_seeds(kind: str) -> None:
-    # The paper's SE std(t_i)/sqrt(m) treats the exchangeable t_i as independent; they are
-    # slightly positively correlated, so it is optimistic: on this operator sd((est-tr)/SE)
-    # is 1.2-1.3 and ±3 SE covers 98-98.5% of these 200 seeds (the 99.7% of an exact SE is
-    # not met), ±4 SE 99-100%. Unbiasedness: the mean over seeds is within its error.
-    op, A = decaying_operator()
+@pytest.mark.parametrize("operator", [decaying_operator, slow_decay_operator])
+def test_coverage_over_seeds(kind: str, operator) -> None:
+    # The jackknife standard error: ±3 SE must cover the trace in >= 99% of 200 seeds (the
+    # paper's s/sqrt(m) covers 96.5-98.5% on these operators). Unbiasedness: the mean over
+    # seeds is within its error.
+    op, A = operator()
     tr = float(A.trace())
     vals, z = [], []
     for seed in range(200):
@@ -65,10 +82,13 @@ def test_coverage_over_seeds(kind: str) -> None:
         vals.append(est.value)
         z.append((est.value - tr) / est.stderr)
     z = torch.tensor(z)
-    assert float((z.abs() <= 3).double().mean()) >= 0.97
-    assert float((z.abs() <= 4).double().mean()) >= 0.985
+    assert float((z.abs() <= 3).double().mean()) >= 0.99
     vals = torch.tensor(vals)
     assert abs(float(vals.mean()) - tr) <= 4 * float(vals.std()) / math.sqrt(200)
+    # Conservative (Efron-Stein): the mean SE is 1.9-2.5 times the RMS error here.
+    rms = float(((vals - tr) ** 2).mean().sqrt())
+    mean_se = float(((vals - tr).abs() / z.abs()).mean())
+    assert rms <= mean_se <= 3 * rms
 
 
 @pytest.mark.parametrize("kind", KINDS)
