@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import landscape_fast as lf
+from landscape_fast.linalg.lanczos import lanczos_lockstep
 from landscape_fast.linalg.probes import probe_block
-from landscape_fast.linalg.slq import lanczos_lockstep, spectral_density
+from landscape_fast.linalg.slq import spectral_density
 from landscape_fast.operators.base import CurvatureOperator
 from landscape_fast.testing import operator_with_spectrum
 
@@ -187,3 +188,22 @@ def test_refine_gives_exact_point_masses_and_counts_matvecs() -> None:
     torch.testing.assert_close(d.moment(0).value, 200.0)
     est = d.moment(1)
     assert abs(est.value - float(eigs.sum())) <= 4 * est.stderr + 1e-8
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_every_backend_gives_the_same_numbers(monkeypatch, backend) -> None:
+    from landscape_fast import _backend
+
+    reason = _backend.BACKENDS[backend].unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"{backend} backend unavailable: {reason}")
+    op, _ = operator_with_spectrum(_spectrum(40), seed=1, dtype=torch.float32)
+    monkeypatch.setenv(_backend.ENV_VAR, "reference")
+    ref = spectral_density(op, num_probes=3, num_steps=12, seed=2)
+    tr_ref = lf.trace(op, "hutch++", num_matvecs=30, seed=2)
+    monkeypatch.setenv(_backend.ENV_VAR, backend)
+    d = spectral_density(op, num_probes=3, num_steps=12, seed=2)
+    tr = lf.trace(op, "hutch++", num_matvecs=30, seed=2)
+    torch.testing.assert_close(d.nodes, ref.nodes, rtol=0, atol=1e-4)
+    torch.testing.assert_close(d.weights, ref.weights, rtol=0, atol=1e-4)
+    assert tr.value == pytest.approx(tr_ref.value, rel=1e-5)
