@@ -3,8 +3,10 @@ r"""The built-in main job: train the digits MLP, then report what landscape_fast
 At this stage of the project it reports the parameter space, the extreme eigenvalues of
 the Hessian and the Gauss–Newton matrix of the training loss (:func:`eigsh` over the
 curvature operators, with true residuals, after cross-checking the HVP engines), condition
-numbers defined for indefinite Hessians and the number of outliers, the full-data
-gradient and the geometry of the per-batch gradients, whose span is orthonormalized with
+numbers defined for indefinite Hessians and the number of outliers, stochastic
+estimates with standard errors (trace and Frobenius norm by Hutch++, the spectral density
+by stochastic Lanczos quadrature: negative mass, positive trace, effective dimension), the
+full-data gradient and the geometry of the per-batch gradients, whose span is orthonormalized with
 :func:`landscape_fast.ops.block_reorth` (the op every eigensolver of the package uses):
 
 .. math::
@@ -19,6 +21,8 @@ Example:
     >>> report["params"] > 0 and 0 < report["gradient_rank"] <= report["batches"]
     True
     >>> report["hvp_check_ok"] and report["hessian_top"] >= report["ggn_min"] - 1e-6
+    True
+    >>> report["trace_stderr"] > 0 and 0 <= report["negative_mass"] <= 1
     True
 """
 
@@ -124,9 +128,10 @@ def run_demo(seconds: float = 3.0, seed: int = 0, out: Callable[..., None] = pri
     out(f"  rank of their span (tol 1e-3)     {rank} of {len(grads)}  [block_reorth: {backend}]")
     out(f"  time                              {elapsed:.2f} s")
     report.update(hessian_extremes(model, X[tr], y[tr], out=out))
+    report.update(hessian_estimates(model, X[tr], y[tr], seed=seed, out=out))
     usable = [name for name, why in status().items() if why is None]
     out(f"\nbackends usable here: {', '.join(usable)}  (python -m landscape_fast.info)")
-    out("Coming next: trace, spectral density, sharpness, reports (see README).")
+    out("Coming next: sharpness, gradient noise, stability, reports (see README).")
     return report
 
 
@@ -177,3 +182,41 @@ def hessian_extremes(
         results[f"{name.lower()}_min"] = lmin
     out(f"  time {time.perf_counter() - t0:.2f} s")
     return results
+
+
+def hessian_estimates(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    seed: int = 0,
+    out: Callable[..., None] = print,
+) -> dict:
+    r"""Trace and :math:`\lVert H\rVert_F^2` (Hutch++, 1 % relative standard error) and the
+    SLQ spectral density (8 probes × 80 steps, as one block) of the training-loss Hessian."""
+    from landscape_fast.linalg import effective_dimension, frobenius_norm_sq, spectral_density
+    from landscape_fast.linalg import trace as hutch_trace
+    from landscape_fast.operators import Hessian
+
+    t0 = time.perf_counter()
+    H = Hessian(model, "ce", (X, y), batch_size=512)
+    tr = hutch_trace(H, "hutch++", rtol=1e-2, seed=seed)
+    fro = frobenius_norm_sq(H, "hutch++", rtol=1e-2, seed=seed)
+    d = spectral_density(H, num_probes=8, num_steps=80, seed=seed)
+    pos = d.trace_of(lambda t: t.clamp(min=0), quantity="tr H+")
+    neg = d.negative_mass()
+    z = 1e-2 * max(float(d.scale), 1e-12)
+    neff = effective_dimension(d, z)
+    out("\nstochastic estimates (± one standard error over the probes):")
+    out(f"  tr H          {tr.value: .4e} ± {tr.stderr:.1e}   Hutch++, {tr.n_matvecs} products")
+    out(f"  ‖H‖_F²        {fro.value: .4e} ± {fro.stderr:.1e}   Hutch++, {fro.n_matvecs} products")
+    out(f"  tr H₊         {pos.value: .4e} ± {pos.stderr:.1e}   SLQ 8 × 80, {d.n_matvecs} products")
+    out(f"  negative mass {neg.value: .4f} ± {neg.stderr:.4f}   share below -1e-4·max|λ|")
+    out(f"  N_eff(z={z:.1e}) {neff.value:.1f} ± {neff.stderr:.1f}   Σ λ/(λ+z) over λ > 0")
+    out(f"  time {time.perf_counter() - t0:.2f} s")
+    return {
+        "trace": float(tr.value),
+        "trace_stderr": float(tr.stderr),
+        "frobenius_norm_sq": float(fro.value),
+        "negative_mass": float(neg.value),
+        "effective_dimension": float(neff.value),
+    }
