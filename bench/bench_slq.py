@@ -63,14 +63,14 @@ def slq_measure(d: lf.SpectralDensity) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([nodes, pm]), np.concatenate([mass, np.full(pm.size, 1.0 / d.p)])
 
 
-def workload(name: str, tiny: bool, trained: bool):
+def workload(name: str, tiny: bool, trained: bool, device: str = "cpu"):
     from landscape_fast import zoo
 
     model, loss_fn, data = zoo.WORKLOADS[name](tiny=tiny)
     if trained:
         zoo.train(model, *data, loss_fn=loss_fn, max_epochs=2 if tiny else 30)
     model.eval()
-    return model, loss_fn, data
+    return model.to(device), loss_fn, tuple(t.to(device) for t in data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--untrained", action="store_true", help="at initialization")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--tiny", action="store_true", help="small problems (smoke test)")
     ap.add_argument("--out", type=Path, help="also write the markdown table here")
     args = ap.parse_args(argv)
     cmd = " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"SLQ, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s), {args.probes} probes × {args.steps} steps, "
+        f"{torch.get_num_threads()} thread(s), device {args.device}, "
+        f"{args.probes} probes × {args.steps} steps, "
         f"median of {args.repeats}. Command: `python bench/bench_slq.py {cmd}`",
         "",
         "| workload | p | engine | one block (s) | one at a time (s) | speed-up | ms / product "
@@ -96,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     accuracy = []
     for name in args.workloads:
-        model, loss_fn, data = workload(name, args.tiny, not args.untrained)
+        model, loss_fn, data = workload(name, args.tiny, not args.untrained, args.device)
         for engine in args.engines:
             H = lf.Hessian(model, loss_fn, data, hvp=engine)
-            H.matmat(torch.zeros(1, H.shape[0]))  # warm-up (engine choice, caches)
+            H.matmat(torch.zeros(1, H.shape[0], device=H.device))  # warm-up (engine, caches)
             start = time.perf_counter()
             for _ in range(3):
                 H.loss_and_gradient()
+            if H.device.type == "cuda":
+                torch.cuda.synchronize()
             grad_ms = 1e3 * (time.perf_counter() - start) / 3
             block, single = [], []
             for _ in range(args.repeats):  # alternate the two modes
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             print(row, file=sys.stderr, flush=True)
         if name == "digits_mlp":
             X, y = data
-            dense = lf.Hessian(model.double(), loss_fn, (X.double(), y)).to_dense()
+            dense = lf.Hessian(model.double(), loss_fn, (X.double(), y)).to_dense().cpu()
             model.float()
             eigs = np.linalg.eigvalsh(((dense + dense.T) / 2).numpy())
             span = float(eigs[-1] - eigs[0])

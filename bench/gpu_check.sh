@@ -21,3 +21,6 @@ python tests/kernels/test_cuda_block_reorth.py 2>&1 | tee "$OUT/cuda_bench.txt" 
 python -m pytest -q tests/kernels/test_cuda_softmax_ce_hvp.py tests/kernels/test_triton_softmax_ce_hvp.py 2>&1 | tee "$OUT/softmax_ce_kernels.log" | tail -5
 python -m pytest -q tests/ops/test_softmax_ce_hvp.py -k "cuda or triton" 2>&1 | tee "$OUT/softmax_ce_ops.log" | tail -5
 python -m pytest -q -m gpu tests/operators 2>&1 | tee "$OUT/operators_gpu.log" | tail -5
+# stochastic estimators on CUDA operators (CPU numbers reproduced), SLQ block vs one at a time
+python -m pytest -q -m gpu tests/linalg 2>&1 | tee "$OUT/linalg_gpu.log" | tail -5
+python bench/bench_slq.py --device cuda --repeats 3 2>&1 | tee "$OUT/slq_cuda.md" | tail -20
