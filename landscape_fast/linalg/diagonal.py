@@ -375,27 +375,17 @@ def diagonal(
         notes.append(f"exact: the diagonal from the {p} coordinate-vector products")
         return result(d, torch.zeros_like(d), sk.matvecs + p, True)
 
-    if target is None:
-        if num_matvecs < 4:
-            raise ValueError(
-                f"diagonal: xdiag needs num_matvecs >= 4 (each test vector costs 2 products and "
-                f"the standard error needs 2 of them), got {num_matvecs}; pass 4 or more"
-            )
-        if num_matvecs >= p:
-            return exact()
-        sk.grow_to(num_matvecs // 2)
-        ok = True
-    else:
+    def accept() -> bool:
+        mean, se = stats()
+        return float(se.norm()) <= target(float(mean.norm())) and (
+            sk.m >= MIN_SAMPLES or sk.deficient
+        )
 
-        def accept() -> bool:
-            mean, se = stats()
-            return float(se.norm()) <= target(float(mean.norm())) and (
-                sk.m >= MIN_SAMPLES or sk.deficient
-            )
-
-        how, ok = _levels(sk, max_matvecs=max_matvecs, accept=accept)
-        if how == "exact":
-            return exact()
+    how, ok = _levels(
+        sk, num_matvecs=num_matvecs, target=target, max_matvecs=max_matvecs, accept=accept
+    )
+    if how == "exact":
+        return exact()
     mean, se = stats()
     notes.append(f"{sk.m} test vectors")
     notes.append(

@@ -349,17 +349,31 @@ def _jackknife_stderr(loo: torch.Tensor) -> float:
 def _levels(
     sk: _Sketch,
     *,
+    num_matvecs: int | None,
+    target: Callable[[float], float] | None,
     max_matvecs: int,
     accept: Callable[[], bool],
 ) -> tuple[str, bool]:
-    """Grow ``sk`` by doubling from :data:`FIRST_LEVEL` test vectors until ``accept()``.
+    """Fixed budget (``target is None``: ``num_matvecs // 2`` test vectors), or grow ``sk`` by
+    doubling from :data:`FIRST_LEVEL` test vectors until ``accept()``.
 
     Returns:
         ``("sketch", converged)`` when the last level of ``sk`` is the answer, or
-        ``("exact", True)`` when the next level would cost at least ``p`` products and ``p``
-        more fit in the budget (the caller then computes the exact answer).
+        ``("exact", True)`` when the budget covers ``p`` products (fixed) or the next level
+        would cost at least ``p`` products and ``p`` more fit in the budget (adaptive); the
+        caller then computes the exact answer.
     """
     p = sk.p
+    if target is None:
+        if num_matvecs is None or num_matvecs < 4:
+            raise ValueError(
+                f"{sk.name}: needs num_matvecs >= 4 (each test vector costs 2 products and the "
+                f"standard error needs 2 of them), got {num_matvecs}; pass num_matvecs=4 or more"
+            )
+        if num_matvecs >= p:
+            return "exact", True
+        sk.grow_to(num_matvecs // 2)
+        return "sketch", True
     m = min(FIRST_LEVEL, max_matvecs // 2)
     first = True
     while True:
@@ -457,25 +471,15 @@ def xtrace_estimate(
             last[sk.m] = x, _jackknife_stderr(_xtrace_jackknife(sk, improved, x))
         return last[sk.m]
 
-    if target is None:
-        if num_matvecs < 4:
-            raise ValueError(
-                f"{name}: needs num_matvecs >= 4 (each test vector costs 2 products and the "
-                f"standard error needs 2 of them), got {num_matvecs}; pass num_matvecs=4 or more"
-            )
-        if num_matvecs >= p:
-            return exact()
-        sk.grow_to(num_matvecs // 2)
-        ok = True
-    else:
+    def accept() -> bool:
+        x, se = stats()
+        return se <= target(float(x.mean())) and (x.numel() >= MIN_SAMPLES or sk.deficient)
 
-        def accept() -> bool:
-            x, se = stats()
-            return se <= target(float(x.mean())) and (x.numel() >= MIN_SAMPLES or sk.deficient)
-
-        how, ok = _levels(sk, max_matvecs=max_matvecs, accept=accept)
-        if how == "exact":
-            return exact()
+    how, ok = _levels(
+        sk, num_matvecs=num_matvecs, target=target, max_matvecs=max_matvecs, accept=accept
+    )
+    if how == "exact":
+        return exact()
     x, se = stats()
     notes = [f"{sk.m} test vectors ({'improved' if improved else 'plain'} XTrace)"]
     if sk.deficient:
