@@ -73,6 +73,8 @@ FIRST_SKETCH = 8
 #: Residual samples drawn after each sketch level to decide whether to grow it.
 PILOT = 10
 DEFAULT_BLOCK_SIZE = 8
+#: Relative norm below which a sketch direction counts as already spanned (by basis dtype).
+_RANK_TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
 @dataclass(frozen=True)
@@ -87,18 +89,23 @@ class _Quantity:
         return float(self.sample(Q, AQ).sum()) if Q.shape[0] else 0.0
 
 
-TRACE = _Quantity("trace", lambda Z, AZ: (Z * AZ).sum(dim=1))
-FROBENIUS = _Quantity("frobenius_norm_sq", lambda Z, AZ: (AZ * AZ).sum(dim=1))
+TRACE = _Quantity("trace", lambda Z, AZ: (Z * AZ).sum(dim=1, dtype=torch.float64))
+FROBENIUS = _Quantity("frobenius_norm_sq", lambda Z, AZ: (AZ * AZ).sum(dim=1, dtype=torch.float64))
 
 
 class _Sketch:
-    """Hutch++'s orthonormal basis ``Q`` of ``A S`` and the products ``A Q``, grown in steps."""
+    """Hutch++'s orthonormal basis ``Q`` of ``A S`` and the products ``A Q``, grown in steps.
+
+    Stored in the operator's precision, at least float32 (a float32 model with p = 10⁸ and a
+    sketch of 64 vectors needs 2 × 25 GB, not 2 × 51 GB); sums accumulate in float64.
+    """
 
     def __init__(self, op: CurvatureOperator, *, seed: int, probe: str, block_size: int) -> None:
         self.op, self.seed, self.probe, self.block_size = op, seed, probe, block_size
         p = op.shape[0]
-        self.Q = torch.zeros((0, p), dtype=torch.float64, device=op.device)
-        self.AQ = torch.zeros((0, p), dtype=torch.float64, device=op.device)
+        self.dtype = torch.promote_types(op.dtype, torch.float32)
+        self.Q = torch.zeros((0, p), dtype=self.dtype, device=op.device)
+        self.AQ = torch.zeros((0, p), dtype=self.dtype, device=op.device)
         self.size = 0  # sketch probes drawn
         self.matvecs = 0
 
@@ -112,15 +119,17 @@ class _Sketch:
         p = self.op.shape[0]
         S = probe_block(
             p, range(self.size, size), seed=self.seed, stream="sketch", kind=self.probe,
-            dtype=torch.float64, device=self.op.device,
+            dtype=self.dtype, device=self.op.device,
         )  # fmt: skip
         Y = apply_blocks(self.op, S, self.block_size, what="hutch++: sketch probe", first=self.size)
+        Y = Y.to(self.dtype)
         self.matvecs += S.shape[0]
         self.size = size
-        out = block_reorth(self.Q, Y.contiguous(), rank_tol=1e-10)
+        out = block_reorth(self.Q, Y.contiguous(), rank_tol=_RANK_TOL[self.dtype])
         new = out.W[~out.deficient]
         if new.shape[0]:
             AQ = apply_blocks(self.op, new, self.block_size, what="hutch++: sketch basis vector")
+            AQ = AQ.to(self.dtype)
             self.matvecs += new.shape[0]
             self.Q = torch.cat([self.Q, new])
             self.AQ = torch.cat([self.AQ, AQ])
@@ -132,13 +141,13 @@ class _Sketch:
         def draw(indices: range) -> torch.Tensor:
             G = probe_block(
                 p, indices, seed=self.seed, stream="probe", kind=self.probe,
-                dtype=torch.float64, device=self.op.device,
+                dtype=self.dtype, device=self.op.device,
             )  # fmt: skip
             if self.Q.shape[0]:
                 G = G - (G @ self.Q.T) @ self.Q
             AG = apply_blocks(
                 self.op, G, self.block_size, what=f"{quantity.name}: probe", first=indices.start
-            )
+            ).to(self.dtype)
             self.matvecs += G.shape[0]
             return quantity.sample(G, AG)
 
