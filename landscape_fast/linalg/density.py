@@ -422,6 +422,9 @@ class SpectralDensity:
             ax.figure.savefig(path, dpi=120, bbox_inches="tight")
         return ax
 
+    def __repr__(self) -> str:
+        return f"SpectralDensity({self.describe()})"
+
     def describe(self) -> str:
         """One line: settings, node range, point masses and cost."""
         vals = self._all_values()

@@ -104,6 +104,9 @@ class Estimate:
         v, s = float(self.value), float(self.stderr)
         return v - z * s, v + z * s
 
+    def __repr__(self) -> str:
+        return f"Estimate({self.describe()})"
+
     def describe(self) -> str:
         """One line: the value with its standard error and how it was computed."""
         if isinstance(self.value, torch.Tensor):
