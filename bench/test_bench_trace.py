@@ -47,5 +47,5 @@ def test_slq_harness_on_tiny_problems(tmp_path):
     argv = ["--tiny", "--repeats", "1", "--workloads", "digits_mlp", "--engines", "cached"]
     assert _module("bench_slq").main([*argv, "--steps", "30", "--out", str(out)]) == 0
     rows = _rows(out, "digits_mlp")
-    assert len(rows) == 1 + 2  # one timing row, two accuracy rows (refine 0 and 10)
-    assert all(float(r[5].rstrip(" %")) < 5 for r in rows[1:])  # W1 / range below 5 %
+    assert len(rows) == 1 + 3  # one timing row, accuracy: refine 0 / 10, local reorth
+    assert all(float(r[6].rstrip(" %")) < 5 for r in rows[1:])  # W1 / range below 5 %

@@ -185,6 +185,7 @@ def lanczos_lockstep(
     probe_offset: int = 0,
     caller: str = "lanczos_lockstep",
     return_basis: bool = False,
+    reorthogonalize: bool = True,
 ) -> LockstepResult:
     r"""Run ``b = V0.shape[0]`` independent Lanczos recurrences in lockstep.
 
@@ -210,7 +211,12 @@ def lanczos_lockstep(
     ``sym_tol`` :math:`\cdot (|\alpha_j| + \beta_j + \beta_{j-1})` raises.
 
     Memory: the bases take ``b · num_steps · p`` entries of ``basis_dtype``; use a smaller
-    block (several calls) or a bfloat16 basis for huge ``p``.
+    block (several calls) or a bfloat16 basis for huge ``p``, or ``reorthogonalize=False``:
+    each new vector is then orthogonalized against the last two only (the three-term
+    recurrence, run as CGS2), ``2 · b · p`` entries. Orthogonality is then lost as Ritz
+    values converge, and converged eigenvalues reappear as "ghost" copies that share their
+    quadrature weight; the spectral density stays usable (Papyan 2020 runs SLQ this way),
+    but counts of the outliers and breakdown detection are not exact any more.
 
     Args:
         op: Symmetric operator.
@@ -226,7 +232,10 @@ def lanczos_lockstep(
         probe_offset: Added to the probe index in error messages (for callers running
             probes in several blocks).
         caller: Name used at the start of error messages.
-        return_basis: Keep and return the ``(b, m, p)`` bases.
+        return_basis: Keep and return the ``(b, m, p)`` bases (full reorthogonalization
+            only).
+        reorthogonalize: Full reorthogonalization against the whole basis (default) or,
+            with ``False``, against the last two vectors only (memory ``2 · b · p``).
 
     Returns:
         :class:`LockstepResult`.
@@ -267,7 +276,10 @@ def lanczos_lockstep(
             f"{caller}: start vector of probe {i} is zero or not finite"
             + (" after deflation" if D is not None else "")
         )
-    Q = torch.empty((b, m, p), dtype=basis_dtype or dtype, device=device)
+    if return_basis and not reorthogonalize:
+        raise ValueError(f"{caller}: return_basis needs reorthogonalize=True (no basis is kept)")
+    slots = m if reorthogonalize else min(m, 2)  # local: a ring of the last two vectors
+    Q = torch.empty((b, slots, p), dtype=basis_dtype or dtype, device=device)
     Q[:, 0] = V / norms[:, None]
 
     alpha = torch.zeros((b, m), dtype=torch.float64)
@@ -280,7 +292,7 @@ def lanczos_lockstep(
         if not active:
             break
         idx = torch.tensor(active, device=device)
-        W = op.matmat(Q[:, j].index_select(0, idx).to(dtype).contiguous())
+        W = op.matmat(Q[:, j % slots].index_select(0, idx).to(dtype).contiguous())
         matvecs += len(active)
         finite = torch.isfinite(W).all(dim=1).cpu()
         if not bool(finite.all()):
@@ -294,26 +306,29 @@ def lanczos_lockstep(
             W = _project_out(W, D)
         W = W.contiguous()
         coefs, norms_j, defic = [], [], []
+        window = torch.arange(max(0, j + 1 - slots), j + 1, device=device) % slots
+        w = window.numel()  # basis rows orthogonalized against: q_{j-w+1} .. q_j
         for r, l in enumerate(active):
-            out = block_reorth(Q[l, : j + 1], W[r : r + 1], inplace=True, rank_tol=rank_tol)
+            basis = Q[l, : j + 1] if reorthogonalize else Q[l].index_select(0, window)
+            out = block_reorth(basis, W[r : r + 1], inplace=True, rank_tol=rank_tol)
             coefs.append(out.coeffs[:, 0])
             norms_j.append(out.R[0, 0])
             defic.append(out.deficient[0])
             if j + 1 < m and not bool(out.deficient[0]):
-                Q[l, j + 1] = out.W[0]
-        C = torch.stack(coefs).cpu()  # (a, j+1) float64
+                Q[l, (j + 1) % slots] = out.W[0]
+        C = torch.stack(coefs).cpu()  # (a, w) float64
         Rn = torch.stack(norms_j).cpu()
         Df = torch.stack(defic).cpu()
         still = []
         for r, l in enumerate(active):
-            a_j, b_j = float(C[r, j]), float(Rn[r])
+            a_j, b_j = float(C[r, w - 1]), float(Rn[r])
             alpha[l, j], beta[l, j] = a_j, b_j
             steps[l] = j + 1
             if j >= 1 and math.isfinite(tol):
                 b_prev = float(beta[l, j - 1])
-                dev = abs(float(C[r, j - 1]) - b_prev)
-                if j >= 2:
-                    dev = max(dev, float(C[r, : j - 1].abs().max()))
+                dev = abs(float(C[r, w - 2]) - b_prev)
+                if w >= 3:
+                    dev = max(dev, float(C[r, : w - 2].abs().max()))
                 scale = abs(a_j) + b_j + b_prev
                 if dev > tol * scale:
                     raise ValueError(

@@ -65,6 +65,7 @@ def spectral_density(
     refine: int = 0,
     refine_tol: float = 1e-6,
     basis_dtype: torch.dtype | None = None,
+    reorthogonalize: bool = True,
 ) -> SpectralDensity:
     r"""Spectral density of a symmetric operator by stochastic Lanczos quadrature.
 
@@ -90,7 +91,14 @@ def spectral_density(
         refine: Number ``k`` of eigenpairs (largest magnitude, ``eigsh(which="LM")``) to
             compute exactly and deflate; the converged ones become point masses.
         refine_tol: Residual tolerance of the refinement (relative, as in ``eigsh``).
-        basis_dtype: Storage dtype of the Lanczos bases (see :func:`lanczos_lockstep`).
+        basis_dtype: Storage dtype of the Lanczos bases (see
+            :func:`~landscape_fast.linalg.lanczos.lanczos_lockstep`).
+        reorthogonalize: ``True`` (default): full reorthogonalization, ``block_size ·
+            num_steps · p`` basis entries. ``False``: against the last two Lanczos vectors
+            only, ``2 · block_size · p`` entries, for models whose bases do not fit (a 10⁸-
+            parameter model: 8 × 80 × 10⁸ float32 entries are 256 GB); converged outliers then
+            come back as ghost copies sharing their weight, and :meth:`outliers` and
+            breakdown-exact counts no longer hold (noted in the result).
 
     Returns:
         :class:`~landscape_fast.linalg.density.SpectralDensity`.
@@ -124,6 +132,11 @@ def spectral_density(
             "spectral_density: num_probes=1 gives no standard error; every Estimate from this "
             "density reports stderr nan (use at least 2 probes, typically 8 or more)",
             stacklevel=2,
+        )
+    if not reorthogonalize:
+        notes.append(
+            "no full reorthogonalization (last two vectors only): ghost copies of converged "
+            "eigenvalues share their weight; outliers() may list duplicates"
         )
     matvecs = 0
     refined = None
@@ -168,6 +181,7 @@ def spectral_density(
             basis_dtype=basis_dtype,
             probe_offset=start,
             caller="spectral_density",
+            reorthogonalize=reorthogonalize,
         )
         matvecs += res.n_matvecs
         alphas.append(res.alpha)

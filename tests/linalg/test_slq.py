@@ -207,3 +207,24 @@ def test_every_backend_gives_the_same_numbers(monkeypatch, backend) -> None:
     torch.testing.assert_close(d.nodes, ref.nodes, rtol=0, atol=1e-4)
     torch.testing.assert_close(d.weights, ref.weights, rtol=0, atol=1e-4)
     assert tr.value == pytest.approx(tr_ref.value, rel=1e-5)
+
+
+def test_local_reorthogonalization_keeps_moments_and_the_density() -> None:
+    g = torch.Generator().manual_seed(3)
+    eigs = torch.cat([torch.rand(196, generator=g, dtype=F64), torch.tensor([8.0, 12, 20, 30])])
+    op, _ = operator_with_spectrum(eigs, seed=2)
+    full = spectral_density(op, num_probes=4, num_steps=60, seed=1)
+    local = spectral_density(op, num_probes=4, num_steps=60, seed=1, reorthogonalize=False)
+    for j in range(5):  # low moments are insensitive to the loss of orthogonality
+        assert local.moment(j).value == pytest.approx(full.moment(j).value, rel=1e-8)
+    grid = torch.linspace(-1, 31, 3000, dtype=F64)
+    _, a = full.density(grid, sigma=0.2)
+    _, b = local.density(grid, sigma=0.2)
+    assert float(torch.trapezoid((a - b).abs(), grid)) < 0.05  # L1 distance of the densities
+    assert any("reorthogonalization" in n for n in local.notes)
+    with pytest.raises(ValueError, match="not symmetric"):
+        M = torch.randn(30, 30, dtype=F64, generator=g)
+        spectral_density(_Matrix(M), num_probes=2, num_steps=10, reorthogonalize=False)
+    with pytest.raises(ValueError, match="return_basis"):
+        lanczos_lockstep(op, probe_block(200, range(2), seed=0, stream="slq"), 5,
+                         return_basis=True, reorthogonalize=False)  # fmt: skip
