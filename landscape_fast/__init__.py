@@ -11,6 +11,7 @@ Example:
 """
 
 from landscape_fast._backend import BackendError
+from landscape_fast.geometry import GradientNoise, Stability, gradient_noise, stability
 from landscape_fast.linalg import (
     CountBound,
     EigenResult,
@@ -48,6 +49,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GGN",
+    "GradientNoise",
+    "Stability",
+    "gradient_noise",
+    "stability",
     "BackendError",
     "BatchLoss",
     "CountBound",

@@ -179,7 +179,10 @@ class ModelOperator(CurvatureOperator):
     ) -> None:
         """Raise ``FloatingPointError`` naming the batch and the parameters if ``block``
         (rows in parameter space) holds a non-finite value."""
-        if bool(torch.isfinite(block).all()):
+        # A non-finite entry makes the sum non-finite, and one vectorized sum is ~30× faster
+        # than isfinite(block).all() on the CPU (0.5 vs 15 ms for 1797 × 3466 per-sample
+        # gradients); the entrywise scan runs only when the sum is not finite (it may overflow).
+        if bool(torch.isfinite(block.sum())) or bool(torch.isfinite(block).all()):
             return
         bad = [
             name
