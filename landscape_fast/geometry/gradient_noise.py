@@ -247,27 +247,22 @@ def gradient_noise(
     f64 = torch.float64
     mean = torch.zeros(p, dtype=f64, device=S.device)
     m2, total, filled = 0.0, 0, 0
-    with S.semantics() as sem:
-        S._before_pass()
-        S._cache_ok = False  # stream: every batch is used once, then centred in place
-        for index, batch, nb in S.batches(sem):
-            if nb == 0:
-                continue
-            G = S.per_sample_gradients(index, batch)
-            lo = int(torch.searchsorted(chosen, total))
-            hi = int(torch.searchsorted(chosen, total + nb))
-            if hi > lo:  # curvature samples of this batch, uncentred
-                local = (chosen[lo:hi] - total).to(S.device)
-                rows[filled : filled + hi - lo] = G[local]
-                filled += hi - lo
-            mb = torch.ones(nb, dtype=G.dtype, device=G.device) @ G / nb
-            G.sub_(mb)
-            m2b = float(torch.linalg.vector_norm(G, dim=1).to(f64).square().sum())
-            delta = mb.to(f64) - mean
-            new = total + nb
-            mean.add_(delta, alpha=nb / new)
-            m2 += m2b + float(delta @ delta) * total * nb / new
-            total = new
+    for _, G in S.stream_per_sample_gradients():  # fresh tensors: centred in place below
+        nb = G.shape[0]
+        lo = int(torch.searchsorted(chosen, total))
+        hi = int(torch.searchsorted(chosen, total + nb))
+        if hi > lo:  # curvature samples of this batch, uncentred
+            local = (chosen[lo:hi] - total).to(S.device)
+            rows[filled : filled + hi - lo] = G[local]
+            filled += hi - lo
+        mb = torch.ones(nb, dtype=G.dtype, device=G.device) @ G / nb
+        G.sub_(mb)
+        m2b = float(torch.linalg.vector_norm(G, dim=1).to(f64).square().sum())
+        delta = mb.to(f64) - mean
+        new = total + nb
+        mean.add_(delta, alpha=nb / new)
+        m2 += m2b + float(delta @ delta) * total * nb / new
+        total = new
     if total != N:  # pragma: no cover - DataSource checks the data does not change
         raise ValueError(f"the data changed: {N} samples counted, {total} in the gradient pass")
     trace_cov = m2 / N

@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -77,9 +78,40 @@ class PerSampleGradientOperator(ModelOperator):
 
     # ------------------------------------------------------------------ per-sample grads
     def per_sample_gradients(self, index: int, batch: Batch) -> torch.Tensor:
-        """``(n_b, p)`` per-sample gradients of batch ``index`` (compute dtype)."""
+        """``(n_b, p)`` per-sample gradients of batch ``index`` (compute dtype), cached while
+        all of them fit in half the memory budget (do not modify the returned tensor)."""
         if index in self._cache:
             return self._cache[index]
+        G = self._compute_per_sample_gradients(index, batch)
+        itemsize = G.element_size()
+        used = sum(t.numel() for t in self._cache.values()) * itemsize
+        if self._cache_ok and used + G.numel() * itemsize <= self.memory_budget // 2:
+            self._cache[index] = G
+        else:
+            self._cache_ok = False
+            self._cache.clear()
+        return G
+
+    def stream_per_sample_gradients(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """One pass over the data: ``(batch index, (n_b, p) per-sample gradients)`` for every
+        non-empty batch, in the operator's model semantics, computed fresh and not cached (the
+        caller owns each tensor and may modify it in place).
+
+        Example:
+            >>> import torch, landscape_fast as lf
+            >>> X, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+            >>> S = lf.GradientCovariance(torch.nn.Linear(3, 2).double(), "ce", (X, y),
+            ...                           batch_size=4)
+            >>> [tuple(G.shape) for _, G in S.stream_per_sample_gradients()]
+            [(4, 8), (2, 8)]
+        """
+        with self.semantics() as sem:
+            self._before_pass()
+            for index, batch, nb in self.batches(sem):
+                if nb:
+                    yield index, self._compute_per_sample_gradients(index, batch)
+
+    def _compute_per_sample_gradients(self, index: int, batch: Batch) -> torch.Tensor:
         from torch.func import grad, vmap
 
         theta = tuple(self.f.parameters(requires_grad=False))
@@ -104,12 +136,6 @@ class PerSampleGradientOperator(ModelOperator):
         if not self._checked:
             self._check_per_sample(theta, batch, index)
         self._check_finite(G, index, "per-sample gradients")
-        used = sum(t.numel() for t in self._cache.values()) * itemsize
-        if self._cache_ok and used + G.numel() * itemsize <= self.memory_budget // 2:
-            self._cache[index] = G
-        else:
-            self._cache_ok = False
-            self._cache.clear()
         return G
 
     def _check_per_sample(self, theta: tuple[torch.Tensor, ...], batch: Batch, index: int) -> None:
