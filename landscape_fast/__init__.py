@@ -11,7 +11,14 @@ Example:
 """
 
 from landscape_fast._backend import BackendError
-from landscape_fast.geometry import GradientNoise, Stability, gradient_noise, stability
+from landscape_fast.geometry import (
+    GradientNoise,
+    Sharpness,
+    Stability,
+    gradient_noise,
+    sharpness,
+    stability,
+)
 from landscape_fast.linalg import (
     CountBound,
     EigenResult,
@@ -50,8 +57,10 @@ __version__ = "0.1.0"
 __all__ = [
     "GGN",
     "GradientNoise",
+    "Sharpness",
     "Stability",
     "gradient_noise",
+    "sharpness",
     "stability",
     "BackendError",
     "BatchLoss",
