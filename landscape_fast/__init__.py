@@ -13,9 +13,14 @@ Example:
 from landscape_fast._backend import BackendError
 from landscape_fast.geometry import (
     GradientNoise,
+    PacBayesBound,
+    PacBayesFlatness,
     Sharpness,
     Stability,
+    document_theorem_2_2_invalid,
     gradient_noise,
+    pac_bayes_bound,
+    pac_bayes_flatness,
     sharpness,
     stability,
 )
@@ -57,9 +62,14 @@ __version__ = "0.1.0"
 __all__ = [
     "GGN",
     "GradientNoise",
+    "PacBayesBound",
+    "PacBayesFlatness",
     "Sharpness",
     "Stability",
+    "document_theorem_2_2_invalid",
     "gradient_noise",
+    "pac_bayes_bound",
+    "pac_bayes_flatness",
     "sharpness",
     "stability",
     "BackendError",
