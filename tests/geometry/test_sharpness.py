@@ -41,7 +41,7 @@ def _trust_region_max(g: np.ndarray, A: np.ndarray, rho: float) -> float:
     def norm(mu: float) -> float:
         return float(np.linalg.norm(b / (mu - lam)))
 
-    lo = lam[-1] + 1e-15
+    lo = np.nextafter(lam[-1], np.inf)  # mu - lam never 0
     hi = lam[-1] + np.linalg.norm(g) / rho + 1.0
     assert norm(lo) > rho > norm(hi)
     for _ in range(200):
