@@ -24,6 +24,8 @@ Example:
     True
     >>> report["trace_stderr"] > 0 and 0 <= report["negative_mass"] <= 1
     True
+    >>> report["sharpness_lower_bound"] >= 0 and report["b_simple"] > 0
+    True
 """
 
 from __future__ import annotations
@@ -129,9 +131,10 @@ def run_demo(seconds: float = 3.0, seed: int = 0, out: Callable[..., None] = pri
     out(f"  time                              {elapsed:.2f} s")
     report.update(hessian_extremes(model, X[tr], y[tr], out=out))
     report.update(hessian_estimates(model, X[tr], y[tr], seed=seed, out=out))
+    report.update(geometry_summary(model, X[tr], y[tr], seed=seed, out=out))
     usable = [name for name, why in status().items() if why is None]
     out(f"\nbackends usable here: {', '.join(usable)}  (python -m landscape_fast.info)")
-    out("Coming next: sharpness, gradient noise, stability, reports (see README).")
+    out("Coming next: one-call analysis, HTML reports, PAC-Bayes in the demo (see README).")
     return report
 
 
@@ -219,4 +222,35 @@ def hessian_estimates(
         "frobenius_norm_sq": float(fro.value),
         "negative_mass": float(neg.value),
         "effective_dimension": float(neff.value),
+    }
+
+
+def geometry_summary(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    lr: float = 1e-2,
+    batch_size: int = 64,
+    rho: float = 0.05,
+    seed: int = 0,
+    out: Callable[..., None] = print,
+) -> dict:
+    """Worst-case and average sharpness, gradient noise scales and linear stability at the
+    training learning rate and batch size, each as its one-line ``describe()``."""
+    from landscape_fast.geometry import gradient_noise, sharpness, stability
+
+    t0 = time.perf_counter()
+    worst = sharpness(model, "ce", (X, y), rho, seed=seed)
+    average = sharpness(model, "ce", (X, y), rho, kind="average", seed=seed)
+    noise = gradient_noise(model, "ce", (X, y), lr=lr, batch_size=batch_size, seed=seed)
+    stab = stability(model, lr, batch_size, loss_fn="ce", data=(X, y), seed=seed)
+    out(f"\ngeometry (ρ = {rho}, η = {lr}, B = {batch_size}):")
+    for r in (worst, average, noise, stab):
+        out(f"  {r.describe()}")
+    out(f"  time {time.perf_counter() - t0:.2f} s")
+    return {
+        "sharpness_lower_bound": float(worst.value),
+        "average_sharpness": float(average.value),
+        "b_simple": float(noise.b_simple),
+        "gd_stable": bool(stab.gd_stable),
     }

@@ -189,6 +189,8 @@ class Sharpness:
         elif self.kind == "keskar":
             head = f"Keskar phi (epsilon={self.rho:.3g}) >= {self.value:.6g} (box PGA bound)"
         elif self.kind == "average":
+            cov = "ρ²(|θ|+η₀)²" if self.adaptive else "ρ² I"
+            head = f"{ada}average sharpness, δ ~ N(0, {cov}) per coordinate (rho={self.rho:.3g})"
             head += f" = {self.value:.6g} ± {self.stderr:.2g} (1 SE)"
         else:
             head += f" ≈ {self.value:.6g} (Taylor estimate, not a bound)"
