@@ -131,8 +131,8 @@ class PerSampleGradientOperator(ModelOperator):
         G = torch.empty(n, p, dtype=self.compute_dtype, device=self.device)
         for start in range(0, n, chunk):
             grads = fn(*theta, slice_batch(batch, start, start + chunk))
-            for view, g in zip(self.space.views(G[start : start + chunk]), grads):
-                view.copy_(g)
+            rows = G[start : start + chunk]  # contiguous; columns in ParamSpace order
+            torch.cat([g.reshape(rows.shape[0], -1) for g in grads], dim=1, out=rows)
         if not self._checked:
             self._check_per_sample(theta, batch, index)
         self._check_finite(G, index, "per-sample gradients")
