@@ -166,8 +166,10 @@ class LockstepResult(NamedTuple):
         return torch.diag(a) + torch.diag(off, 1) + torch.diag(off, -1)
 
 
-def _project_out(W: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
-    """``W (I - DᵀD)`` applied twice (CGS2) for orthonormal rows ``D``."""
+def project_out(W: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """``W (I - DᵀD)`` applied twice (CGS2, "twice is enough") for orthonormal rows ``D``."""
+    if D.shape[0] == 0:
+        return W
     for _ in range(2):
         W = W - (W @ D.T) @ D
     return W
@@ -267,7 +269,7 @@ def lanczos_lockstep(
 
     V = V0.detach().to(dtype=dtype, device=device)
     if D is not None:
-        V = _project_out(V, D)
+        V = project_out(V, D)
     norms = torch.linalg.vector_norm(V, dim=1)
     bad = ~(norms > 0) | ~torch.isfinite(norms)
     if bool(bad.any()):
@@ -303,7 +305,7 @@ def lanczos_lockstep(
                 "at these parameters, or the operator's inputs)"
             )
         if D is not None:
-            W = _project_out(W, D)
+            W = project_out(W, D)
         W = W.contiguous()
         coefs, norms_j, defic = [], [], []
         window = torch.arange(max(0, j + 1 - slots), j + 1, device=device) % slots

@@ -161,7 +161,11 @@ def spectral_density(
             notes.append(f"num_steps capped at p - k = {num_steps} (deflated space)")
 
     bs = num_probes if block_size is None else min(block_size, num_probes)
-    alphas, betas, steps, brk = [], [], [], []
+    nodes = torch.zeros((num_probes, num_steps), dtype=torch.float64)
+    weights = torch.zeros_like(nodes)
+    resid = torch.zeros_like(nodes)
+    steps_t = torch.zeros(num_probes, dtype=torch.int64)
+    breakdown = torch.zeros(num_probes, dtype=torch.bool)
     for start in range(0, num_probes, bs):
         stop = min(start + bs, num_probes)
         V0 = probe_block(
@@ -184,31 +188,19 @@ def spectral_density(
             reorthogonalize=reorthogonalize,
         )
         matvecs += res.n_matvecs
-        alphas.append(res.alpha)
-        betas.append(res.beta)
-        steps.append(res.steps)
-        brk.append(res.breakdown)
-    m = max(a.shape[1] for a in alphas)
-    alpha = torch.cat([torch.nn.functional.pad(a, (0, m - a.shape[1])) for a in alphas])
-    beta = torch.cat([torch.nn.functional.pad(b_, (0, m - b_.shape[1])) for b_ in betas])
-    steps_t = torch.cat(steps)
-    nodes = torch.zeros((num_probes, m), dtype=torch.float64)
-    weights = torch.zeros_like(nodes)
-    resid = torch.zeros_like(nodes)
-    for l in range(num_probes):
-        n = int(steps_t[l])
-        a, off = alpha[l, :n], beta[l, : n - 1]
-        T = torch.diag(a) + torch.diag(off, 1) + torch.diag(off, -1)
-        theta, U = torch.linalg.eigh(T)
-        nodes[l, :n] = theta
-        weights[l, :n] = U[0] ** 2
-        resid[l, :n] = beta[l, n - 1] * U[n - 1].abs()
+        for r in range(stop - start):  # Gauss quadrature of each probe: T = U diag(θ) Uᵀ
+            l, n = start + r, int(res.steps[r])
+            theta, U = torch.linalg.eigh(res.tridiagonal(r))
+            nodes[l, :n] = theta
+            weights[l, :n] = U[0] ** 2
+            resid[l, :n] = res.beta[r, n - 1] * U[n - 1].abs()
+            steps_t[l], breakdown[l] = n, res.breakdown[r]
     return SpectralDensity(
         nodes=nodes,
         weights=weights,
         residuals=resid,
         steps=steps_t,
-        breakdown=torch.cat(brk),
+        breakdown=breakdown,
         p=p,
         point_masses=point_masses,
         n_matvecs=matvecs,

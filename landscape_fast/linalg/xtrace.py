@@ -134,6 +134,7 @@ from collections.abc import Callable
 import torch
 
 from landscape_fast.linalg.estimate import MIN_SAMPLES, Estimate, stderr_target
+from landscape_fast.linalg.lanczos import project_out
 from landscape_fast.linalg.probes import apply_blocks, check_probe_kind, probe_block
 from landscape_fast.operators.base import CurvatureOperator
 
@@ -159,15 +160,6 @@ def _exact_diagonal(op: CurvatureOperator, block_size: int, *, what: str) -> tor
         AE = apply_blocks(op, E, block_size, what=what, first=i)
         d[i:j] = AE[torch.arange(j - i), torch.arange(i, j)]
     return d
-
-
-def _project_out(Q: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """``V (I - QᵀQ)`` twice (classical Gram-Schmidt with reorthogonalisation)."""
-    if Q.shape[0] == 0:
-        return V
-    for _ in range(2):
-        V = V - (V @ Q.T) @ Q
-    return V
 
 
 class _Sketch:
@@ -236,7 +228,7 @@ class _Sketch:
         self.scale = max(self.scale, float(Y.norm(dim=1).max()))
         # New directions: SVD of the part of Y orthogonal to Q; negligible directions
         # (rank deficiency) are replaced by random ones so Q keeps m orthonormal rows.
-        V = _project_out(self.Q, Y)
+        V = project_out(Y, self.Q)
         Qc, Rc = torch.linalg.qr(V.T)
         Ur, sig, _ = torch.linalg.svd(Rc)
         good = sig > FILL_TOL * self.scale if self.scale > 0 else torch.zeros_like(sig, dtype=bool)
@@ -245,7 +237,7 @@ class _Sketch:
         if n_bad:
             bad_rows = list(range(start + N.shape[0], m_new))
             N = torch.cat([N, self._fill(bad_rows)])
-        N = torch.linalg.qr(_project_out(self.Q, N).T)[0].T.contiguous()
+        N = torch.linalg.qr(project_out(N, self.Q).T)[0].T.contiguous()
         Z = apply_blocks(
             self.op, N, self.block_size, what=f"{self.name}: basis vector", first=start
         )
