@@ -3,9 +3,11 @@
 Times, on the digits MLP over the full data set (1797 samples, 3,466 parameters, float32):
 
 - ``gradient``: one full-data loss and gradient (``Hessian.loss_and_gradient``, one batch);
-- ``noise (no B_noise)``: ``gradient_noise(..., curvature_samples=0)``: per-sample gradients
-  of all samples, tr Σ, |ḡ|², B_simple (target: ≤ 3× the gradient);
-- ``noise + B_noise (m)``: the same plus ḡᵀHḡ and tr(HΣ) from ``m`` curvature samples
+- ``noise, norms`` / ``noise, vmap``: ``gradient_noise(..., curvature_samples=0,
+  per_sample=...)``: tr Σ, |ḡ|², B_simple from the per-sample norm identities of the
+  ``nn.Linear`` layers (the default for this model) or from all per-sample gradients
+  (vmap; any model) (target: ≤ 3× the gradient);
+- ``noise + B_noise (m)``: the default plus ḡᵀHḡ and tr(HΣ) from ``m`` curvature samples
   (``m + 1`` Hessian-vector products in one block).
 
 Each is the median of ``--repeats`` runs after one warm-up run.
@@ -61,21 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     grad = median_seconds(H.loss_and_gradient, args.repeats)
     m = args.curvature_samples
     result = gradient_noise(model, loss_fn, data, curvature_samples=m)
-    cases = [
-        ("gradient", grad),
-        (
-            "noise (no B_noise)",
-            median_seconds(
-                lambda: gradient_noise(model, loss_fn, data, curvature_samples=0), args.repeats
-            ),
-        ),
-        (
-            f"noise + B_noise ({m})",
-            median_seconds(
-                lambda: gradient_noise(model, loss_fn, data, curvature_samples=m), args.repeats
-            ),
-        ),
-    ]
+
+    def noise(m: int, per_sample: str = "auto") -> Callable[[], object]:
+        return lambda: gradient_noise(
+            model, loss_fn, data, curvature_samples=m, per_sample=per_sample
+        )
+
+    cases = [("gradient", grad)]
+    for label, fn in [
+        ("noise, norms (no B_noise)", noise(0, "norms")),
+        ("noise, vmap (no B_noise)", noise(0, "vmap")),
+        (f"noise + B_noise ({m})", noise(m)),
+    ]:
+        cases.append((label, median_seconds(fn, args.repeats)))
     lines = [
         f"Gradient noise statistics, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s), median of {args.repeats} run(s). Command: "

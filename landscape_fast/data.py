@@ -65,6 +65,11 @@ def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
     return tree_map(lambda t: t[start:stop] if isinstance(t, torch.Tensor) else t, batch)
 
 
+def select_batch(batch: Batch, index: torch.Tensor) -> Batch:
+    """Samples ``index`` (a 1-D index tensor) of every tensor in ``batch`` (leading dimension)."""
+    return tree_map(lambda t: t[index.to(t.device)] if isinstance(t, torch.Tensor) else t, batch)
+
+
 def unsqueeze_batch(sample: Batch) -> Batch:
     """A batch of one sample from one sample's tensors (adds the leading dimension)."""
     return tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, sample)

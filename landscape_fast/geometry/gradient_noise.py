@@ -10,9 +10,14 @@ their mean :math:`\bar g = \nabla L` and the centred gradients :math:`c_i = g_i 
     B_\text{noise} = \frac{\operatorname{tr}(H\Sigma)}{\bar g^\top H \bar g} ,\qquad
     \operatorname{tr}(H\Sigma) = \frac1N\sum_i c_i^\top H c_i .
 
-:math:`\operatorname{tr}\Sigma` is summed from centred gradients (batch means merged with
-Chan's update), never as :math:`\frac1N\sum\|g_i\|^2 - \|\bar g\|^2`, which cancels when
-:math:`\|\bar g\|` dominates. :math:`\operatorname{tr}(H\Sigma)` is the mean of
+:math:`\operatorname{tr}\Sigma` is summed from centred per-sample gradients (batch means merged
+with Chan's update), never as :math:`\frac1N\sum\|g_i\|^2 - \|\bar g\|^2`, which cancels when
+:math:`\|\bar g\|` dominates. When every parameter belongs to an ``nn.Linear`` the per-sample
+gradients are not formed at all: :math:`\|g_i\|^2` comes from the layer identities of
+:mod:`~landscape_fast.operators.ghost_norms` in about one gradient's time, each batch is
+centred as :math:`\sum_i\|g_i\|^2 - n_b\|\bar g_b\|^2`, and where that difference would lose
+more than six digits (tr Σ ≪ the mean of :math:`\|g_i\|^2`) the pass is redone from centred
+gradients (``per_sample="auto"``). :math:`\operatorname{tr}(H\Sigma)` is the mean of
 :math:`c_i^\top H c_i` over ``curvature_samples`` samples drawn without replacement; its
 standard error carries the finite-population correction,
 
@@ -65,8 +70,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape_fast.data import select_batch
 from landscape_fast.linalg.estimate import Estimate
 from landscape_fast.operators.fisher import GradientCovariance
+from landscape_fast.operators.ghost_norms import GhostNormUnsupported
 from landscape_fast.operators.hessian import Hessian
 
 __all__ = ["GradientNoise", "gradient_noise"]
@@ -102,6 +109,8 @@ class GradientNoise:
         n_matvecs: Hessian-vector products spent (:math:`m + 1`, or 0).
         seconds: Wall time of the call.
         notes: Anything the user should know.
+        per_sample: How :math:`\operatorname{tr}\Sigma` was summed (``"norms"``: the
+            ``nn.Linear`` norm identities; ``"vmap"``: centred per-sample gradients).
     """
 
     trace_cov: float
@@ -123,6 +132,7 @@ class GradientNoise:
     n_matvecs: int
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    per_sample: str = "vmap"
 
     def describe(self) -> str:
         """One line with the noise scales and how they were obtained."""
@@ -177,6 +187,74 @@ def _check_batch_vs_n(batch_size: int | None, n: int) -> None:
         )
 
 
+def _pass_gradients(
+    S: GradientCovariance, chosen: torch.Tensor, p: int
+) -> tuple[torch.Tensor, float, int, torch.Tensor]:
+    """One streaming pass of per-sample gradients: ``(mean, Σ‖c_i‖², N, chosen rows)``.
+
+    Each batch is centred on its own mean (in place, in the compute dtype), and the batch
+    means and centred sums of squares are merged in float64 (Chan et al.): no N × p matrix is
+    kept and nothing cancels.
+    """
+    f64 = torch.float64
+    rows = torch.empty(len(chosen), p, dtype=f64, device=S.device)
+    mean = torch.zeros(p, dtype=f64, device=S.device)
+    m2, total, filled = 0.0, 0, 0
+    for _, G in S.stream_per_sample_gradients():  # fresh tensors: centred in place below
+        nb = G.shape[0]
+        local = _chosen_in(chosen, total, nb)
+        if len(local):  # curvature samples of this batch, uncentred
+            rows[filled : filled + len(local)] = G[local.to(S.device)]
+            filled += len(local)
+        mb = torch.ones(nb, dtype=G.dtype, device=G.device) @ G / nb
+        G.sub_(mb)
+        m2b = float(torch.linalg.vector_norm(G, dim=1).to(f64).square().sum())
+        m2, total = _chan_merge(mean, m2, total, mb.to(f64), m2b, nb)
+    return mean, m2, total, rows
+
+
+def _pass_norms(
+    S: GradientCovariance, chosen: torch.Tensor, p: int
+) -> tuple[torch.Tensor, float, int, torch.Tensor, float]:
+    """The same from per-sample squared norms (no per-sample gradients but for the chosen
+    rows), plus ``Σ‖g_i‖²`` for the cancellation check."""
+    f64 = torch.float64
+    rows = torch.empty(len(chosen), p, dtype=f64, device=S.device)
+    mean = torch.zeros(p, dtype=f64, device=S.device)
+    m2, total, filled, squares = 0.0, 0, 0, 0.0
+    for index, batch, sq, mb in S.stream_per_sample_norms():
+        nb = sq.shape[0]
+        local = _chosen_in(chosen, total, nb)
+        if len(local):
+            sub = select_batch(batch, local)
+            rows[filled : filled + len(local)] = S._compute_per_sample_gradients(index, sub)
+            filled += len(local)
+        mb = mb.to(f64)
+        sum_sq = float(sq.sum())
+        m2b = max(sum_sq - nb * float(mb @ mb), 0.0)
+        squares += sum_sq
+        m2, total = _chan_merge(mean, m2, total, mb, m2b, nb)
+    return mean, m2, total, rows, squares
+
+
+def _chosen_in(chosen: torch.Tensor, start: int, nb: int) -> torch.Tensor:
+    """Positions within the batch ``start:start+nb`` of the sorted sample indices ``chosen``."""
+    lo = int(torch.searchsorted(chosen, start))
+    hi = int(torch.searchsorted(chosen, start + nb))
+    return chosen[lo:hi] - start
+
+
+def _chan_merge(
+    mean: torch.Tensor, m2: float, total: int, mb: torch.Tensor, m2b: float, nb: int
+) -> tuple[float, int]:
+    """Merge a batch (mean ``mb``, centred sum of squares ``m2b``, ``nb`` samples) into the
+    running ``mean`` (updated in place) and ``m2``; returns the new ``(m2, total)``."""
+    delta = mb - mean
+    new = total + nb
+    mean.add_(delta, alpha=nb / new)
+    return m2 + m2b + float(delta @ delta) * total * nb / new, new
+
+
 def gradient_noise(
     model: nn.Module,
     loss_fn: Any,
@@ -191,6 +269,7 @@ def gradient_noise(
     memory_budget: int | None = None,
     dtype: torch.dtype | None = None,
     hvp: str = "auto",
+    per_sample: str = "auto",
 ) -> GradientNoise:
     r"""Gradient noise scales and SGD noise levels over a data set (see the module docstring).
 
@@ -207,6 +286,11 @@ def gradient_noise(
         batch_norm: ``"eval"``; ``"batch"`` is refused (no per-sample gradients).
         memory_budget, dtype: See :class:`~landscape_fast.operators.model_operator.ModelOperator`.
         hvp: Hessian-vector product engine (see :class:`~landscape_fast.Hessian`).
+        per_sample: How :math:`\operatorname{tr}\Sigma` is summed: ``"norms"`` from the
+            per-sample norm identities of :mod:`~landscape_fast.operators.ghost_norms`
+            (about one gradient's cost; every selected parameter must belong to an
+            ``nn.Linear``), ``"vmap"`` from centred per-sample gradients (any model), or
+            ``"auto"``: norms where they apply and do not cancel, else vmap.
 
     Returns:
         A :class:`GradientNoise`. The model is left exactly as it was.
@@ -220,6 +304,8 @@ def gradient_noise(
     _check_sgd(lr, batch_size)
     if isinstance(curvature_samples, bool) or not isinstance(curvature_samples, int):
         raise ValueError(f"curvature_samples must be an integer, got {curvature_samples!r}")
+    if per_sample not in ("auto", "norms", "vmap"):
+        raise ValueError(f"per_sample must be 'auto', 'norms' or 'vmap', got {per_sample!r}")
     if curvature_samples < 0:
         raise ValueError(
             f"curvature_samples must be >= 0 (0 skips B_noise), got {curvature_samples}"
@@ -239,35 +325,35 @@ def gradient_noise(
     m = min(curvature_samples, N)
     gen = torch.Generator().manual_seed(int(seed))
     chosen = torch.randperm(N, generator=gen)[:m].sort().values if m < N else torch.arange(N)
-    rows = torch.empty(m, p, dtype=torch.float64, device=S.device)
 
-    # One streaming pass of per-sample gradients: each batch is centred on its own mean (in
-    # place, in the compute dtype), and the batch means and centred sums of squares are merged
-    # in float64 (Chan et al.): no N x p matrix is kept and nothing cancels.
+    use_norms = per_sample == "norms" or (per_sample == "auto" and S.ghost_plan()[0] is not None)
+    notes: list[str] = []
+    if use_norms:
+        try:
+            mean, m2, total, rows, squares = _pass_norms(S, chosen, p)
+        except GhostNormUnsupported as err:
+            if per_sample == "norms":
+                raise
+            notes.append(f"per-sample norms do not apply ({err}): used per-sample gradients")
+            use_norms, squares, m2 = False, 0.0, 0.0
+    if use_norms:
+        # The within-batch centring sum(‖g_i‖²) − n_b‖ḡ_b‖² cancels when the mean dominates:
+        # its rounding error is about eps·sum(‖g_i‖²). Redo from centred gradients if that
+        # would exceed 1e-6 of the answer.
+        eps = torch.finfo(S.compute_dtype).eps
+        if not eps * squares <= 1e-6 * m2:
+            lost = "recomputed from centred per-sample gradients"
+            if per_sample == "norms":
+                lost = f"relative rounding error up to {eps * squares / max(m2, 1e-300):.1g}"
+            notes.append(f"per-sample norms cancelled (tr Σ ≪ mean of ‖g_i‖²): {lost}")
+            use_norms = per_sample == "norms"
+    if not use_norms:
+        mean, m2, total, rows = _pass_gradients(S, chosen, p)
     f64 = torch.float64
-    mean = torch.zeros(p, dtype=f64, device=S.device)
-    m2, total, filled = 0.0, 0, 0
-    for _, G in S.stream_per_sample_gradients():  # fresh tensors: centred in place below
-        nb = G.shape[0]
-        lo = int(torch.searchsorted(chosen, total))
-        hi = int(torch.searchsorted(chosen, total + nb))
-        if hi > lo:  # curvature samples of this batch, uncentred
-            local = (chosen[lo:hi] - total).to(S.device)
-            rows[filled : filled + hi - lo] = G[local]
-            filled += hi - lo
-        mb = torch.ones(nb, dtype=G.dtype, device=G.device) @ G / nb
-        G.sub_(mb)
-        m2b = float(torch.linalg.vector_norm(G, dim=1).to(f64).square().sum())
-        delta = mb.to(f64) - mean
-        new = total + nb
-        mean.add_(delta, alpha=nb / new)
-        m2 += m2b + float(delta @ delta) * total * nb / new
-        total = new
     if total != N:  # pragma: no cover - DataSource checks the data does not change
         raise ValueError(f"the data changed: {N} samples counted, {total} in the gradient pass")
     trace_cov = m2 / N
     grad_norm_sq = float(mean @ mean)
-    notes: list[str] = []
     if grad_norm_sq > 0:
         b_simple = trace_cov / grad_norm_sq
     else:
@@ -329,4 +415,5 @@ def gradient_noise(
         n_matvecs=n_matvecs,
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
+        per_sample="norms" if use_norms else "vmap",
     )

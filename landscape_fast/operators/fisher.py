@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,12 @@ import torch
 
 from landscape_fast.data import Batch, slice_batch, unsqueeze_batch
 from landscape_fast.operators.engines import check_finite_loss
+from landscape_fast.operators.ghost_norms import (
+    GhostNormUnsupported,
+    LinearPlan,
+    linear_plan,
+    per_sample_sq_norms,
+)
 from landscape_fast.operators.model_operator import ModelOperator
 from landscape_fast.operators.semantics import ModelFingerprint, ModelSemantics
 
@@ -111,6 +118,80 @@ class PerSampleGradientOperator(ModelOperator):
                 if nb:
                     yield index, self._compute_per_sample_gradients(index, batch)
 
+    def ghost_plan(self) -> tuple[LinearPlan | None, str]:
+        """The :class:`~landscape_fast.operators.ghost_norms.LinearPlan` of the selected
+        parameters, or ``(None, why not)``: whether :meth:`stream_per_sample_norms` applies."""
+        return linear_plan(self.model, self.space.names)
+
+    def stream_per_sample_norms(self) -> Iterator[tuple[int, Batch, torch.Tensor, torch.Tensor]]:
+        r"""One pass over the data without forming per-sample gradients: ``(batch index, batch
+        on the device, ‖g_i‖² (n_b,) float64, batch-mean gradient (p,))`` for every non-empty
+        batch, by the ``nn.Linear`` norm identities of
+        :mod:`~landscape_fast.operators.ghost_norms` (about one gradient's cost).
+
+        Raises:
+            GhostNormUnsupported: The selected parameters are not all ``nn.Linear`` weights and
+                biases, or a layer runs more than once per forward pass.
+        """
+        plan, why = self.ghost_plan()
+        if plan is None:
+            raise GhostNormUnsupported(why)
+        verified = False
+        with self.semantics() as sem:
+            self._before_pass()
+            for index, batch, nb in self.batches(sem):
+                if not nb:
+                    continue
+                theta = self.f.parameters(requires_grad=True)
+                run_loss = functools.partial(self.f.loss, theta, batch)
+                value, sq, mean = per_sample_sq_norms(plan, run_loss, theta, nb)
+                check_finite_loss(value, index)
+                if not verified:
+                    self._verify_norms(theta, index, batch, value, sq)
+                    verified = True
+                flat = torch.cat([g.reshape(-1) for g in mean])
+                self._check_finite(flat[None], index, "batch gradient")
+                if not bool(torch.isfinite(sq).all()):
+                    raise FloatingPointError(
+                        f"non-finite per-sample gradient norm in batch {index}"
+                    )
+                yield index, batch, sq, flat
+
+    def _verify_norms(
+        self,
+        theta: list[torch.Tensor],
+        index: int,
+        batch: Batch,
+        value: torch.Tensor,
+        sq: torch.Tensor,
+        k: int = 4,
+    ) -> None:
+        """Check the first ``k`` samples one at a time (a plain loop: cheaper than a vmap for so
+        few): their losses must average to the loss of those ``k`` (the per-sample check of
+        the vmap path), and the first one's gradient must have the norm the identities gave
+        (they assume each layer's leading dimension is the sample dimension)."""
+        k = min(k, sq.shape[0])
+        first = self.f.loss(theta, slice_batch(batch, 0, 1))
+        norm = sum(
+            float(g.double().square().sum())
+            for g in torch.autograd.grad(first, theta, allow_unused=True)
+            if g is not None
+        )
+        with torch.no_grad():
+            losses = [float(first)]
+            losses += [float(self.f.loss(theta, slice_batch(batch, j, j + 1))) for j in range(1, k)]
+            sub = value if k == sq.shape[0] else self.f.loss(theta, slice_batch(batch, 0, k))
+        tol = 1e3 * torch.finfo(self.compute_dtype).eps
+        mean = sum(losses) / k
+        if not abs(mean - float(sub)) <= tol * max(1.0, abs(float(sub))):
+            self._refuse_per_sample(float(sub), mean)
+        if not abs(float(sq[0]) - norm) <= tol * max(norm, float(sq[0])):
+            raise GhostNormUnsupported(
+                "the nn.Linear norm identities disagree with per-sample gradients on this "
+                f"model (‖g_0‖² = {float(sq[0]):.6g} vs {norm:.6g}): a layer's leading "
+                "dimension is not the sample dimension"
+            )
+
     def _compute_per_sample_gradients(self, index: int, batch: Batch) -> torch.Tensor:
         from torch.func import grad, vmap
 
@@ -151,14 +232,17 @@ class PerSampleGradientOperator(ModelOperator):
             mean = vmap(sample_loss)(batch).mean()
         tol = 1e3 * torch.finfo(self.compute_dtype).eps * max(1.0, abs(float(batch_loss)))
         if not abs(float(mean) - float(batch_loss)) <= tol:  # NaN fails too
-            raise ValueError(
-                f"{type(self).__name__}: the batch loss ({float(batch_loss):.6g}) is not the mean "
-                f"of the per-sample losses ({float(mean):.6g}), so per-sample gradients are not "
-                "defined by it. Use a mean-reduced loss whose value on a batch is the average "
-                "of its values on single samples: no reduction='sum', no class weights, no "
-                "ignore_index targets (a sample whose only target is ignored has a NaN loss)."
-            )
+            self._refuse_per_sample(float(batch_loss), float(mean))
         self._checked = True
+
+    def _refuse_per_sample(self, batch_loss: float, mean: float) -> None:
+        raise ValueError(
+            f"{type(self).__name__}: the batch loss ({batch_loss:.6g}) is not the mean of the "
+            f"per-sample losses ({mean:.6g}), so per-sample gradients are not defined by it. "
+            "Use a mean-reduced loss whose value on a batch is the average of its values on "
+            "single samples: no reduction='sum', no class weights, no ignore_index targets (a "
+            "sample whose only target is ignored has a NaN loss)."
+        )
 
     # ------------------------------------------------------------------ products
     def _before_pass(self) -> None:

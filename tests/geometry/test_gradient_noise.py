@@ -192,3 +192,40 @@ def test_float32_model_matches_float64():
     assert float(res.tr_h_sigma.value) == pytest.approx(float(ref.tr_h_sigma.value), rel=1e-4)
     via64 = gradient_noise(model32, "ce", (X.float(), y), dtype=torch.float64, curvature_samples=0)
     assert via64.trace_cov == pytest.approx(ref.trace_cov, rel=1e-6)
+
+
+def test_per_sample_norms_equal_per_sample_gradients():
+    model, X, y = _mlp(n=29)
+    data = [(X[i : i + 8], y[i : i + 8]) for i in range(0, 29, 8)]
+    kw = dict(curvature_samples=7, seed=3, lr=0.1, batch_size=4)
+    by_norms = gradient_noise(model, "ce", data, per_sample="norms", **kw)
+    by_vmap = gradient_noise(model, "ce", data, per_sample="vmap", **kw)
+    auto = gradient_noise(model, "ce", data, **kw)
+    assert (by_norms.per_sample, by_vmap.per_sample, auto.per_sample) == ("norms", "vmap", "norms")
+    for name in ("trace_cov", "grad_norm_sq", "b_simple", "gHg", "b_noise", "b_noise_stderr"):
+        assert getattr(by_norms, name) == pytest.approx(getattr(by_vmap, name), rel=1e-10)
+
+
+def test_per_sample_norms_fall_back_where_they_do_not_apply():
+    gen = torch.Generator().manual_seed(0)
+    X, y = torch.randn(12, 1, 5, generator=gen, dtype=f64), torch.randint(0, 2, (12,))
+    conv = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(6, 2)).double()
+    r = gradient_noise(conv, "ce", (X, y), curvature_samples=0)
+    assert r.per_sample == "vmap"
+    with pytest.raises(ValueError, match="not the weight or bias of an nn.Linear"):
+        gradient_noise(conv, "ce", (X, y), curvature_samples=0, per_sample="norms")
+    with pytest.raises(ValueError, match="per_sample must be"):
+        gradient_noise(conv, "ce", (X, y), per_sample="ghost")
+
+
+def test_per_sample_norms_cancel_when_noise_vanishes():
+    # Identical samples: Σ = 0 exactly, so sum‖g_i‖² − N‖ḡ‖² is all rounding error; auto mode
+    # notices and recomputes from centred gradients, which give 0 to rounding.
+    model, X, y = _mlp(n=1)
+    X, y = X.float().repeat(16, 1), y.repeat(16)
+    model = model.float()
+    r = gradient_noise(model, "ce", (X, y), curvature_samples=0)
+    assert r.per_sample == "vmap" and any("cancelled" in n for n in r.notes)
+    assert r.trace_cov <= 1e-10 * r.grad_norm_sq * 16
+    forced = gradient_noise(model, "ce", (X, y), curvature_samples=0, per_sample="norms")
+    assert forced.per_sample == "norms" and any("rounding error" in n for n in forced.notes)
