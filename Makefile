@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # TORCH_SPEC=torch to keep the preinstalled one).
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.8.0
-DEPS := "$(TORCH_SPEC)" numpy setuptools wheel ninja pytest pytest-benchmark scikit-learn scipy matplotlib ruff "$(TRITON_SPEC)"
+DEPS := "$(TORCH_SPEC)" numpy setuptools wheel ninja pytest pytest-benchmark scikit-learn scipy matplotlib ruff "$(TRITON_SPEC)" pyhessian==0.1
 # 2 shared cores: OpenMP spin-waiting makes multi-threaded runs up to 30x slower.
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
