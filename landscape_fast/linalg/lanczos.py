@@ -209,8 +209,9 @@ def lanczos_lockstep(
 
     Symmetry check: with full reorthogonalization the coefficients of :math:`H q_j` against
     :math:`q_i` must vanish for :math:`i < j - 1` and equal :math:`\beta_{j-1}` for
-    :math:`i = j - 1`. A deviation above
-    ``sym_tol`` :math:`\cdot (|\alpha_j| + \beta_j + \beta_{j-1})` raises.
+    :math:`i = j - 1`. A deviation above ``sym_tol`` times
+    :math:`\max(|\alpha_j| + \beta_j + \beta_{j-1},\ \max_{i \le j} |\alpha_i| + \beta_i)`
+    (the local scale, or the estimate of :math:`\lVert H\rVert` so far) raises.
 
     Memory: the bases take ``b · num_steps · p`` entries of ``basis_dtype``; use a smaller
     block (several calls) or a bfloat16 basis for huge ``p``, or ``reorthogonalize=False``:
@@ -288,6 +289,7 @@ def lanczos_lockstep(
     beta = torch.zeros((b, m), dtype=torch.float64)
     steps = torch.zeros(b, dtype=torch.int64)
     breakdown = torch.zeros(b, dtype=torch.bool)
+    seen = [0.0] * b  # per probe: the largest |α_j| + β_j so far (an estimate of ‖H‖)
     active = list(range(b))
     matvecs = 0
     for j in range(m):
@@ -326,12 +328,16 @@ def lanczos_lockstep(
             a_j, b_j = float(C[r, w - 1]), float(Rn[r])
             alpha[l, j], beta[l, j] = a_j, b_j
             steps[l] = j + 1
+            seen[l] = max(seen[l], abs(a_j) + b_j)
             if j >= 1 and math.isfinite(tol):
                 b_prev = float(beta[l, j - 1])
                 dev = abs(float(C[r, w - 2]) - b_prev)
                 if w >= 3:
                     dev = max(dev, float(C[r, : w - 2].abs().max()))
-                scale = abs(a_j) + b_j + b_prev
+                # The rounding of H q is relative to ‖H‖ (estimated by the largest |α| + β so
+                # far), not to this step's coefficients, which are tiny once the Krylov space
+                # nears exhaustion or reaches the null space.
+                scale = max(abs(a_j) + b_j + b_prev, seen[l])
                 if dev > tol * scale:
                     raise ValueError(
                         f"{caller}: the operator is not symmetric: at Lanczos step {j + 1} of "

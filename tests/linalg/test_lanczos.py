@@ -81,3 +81,30 @@ def test_bad_arguments(kwargs, match) -> None:
     op, _ = _operator(np.arange(5.0))
     with pytest.raises(ValueError, match=match):
         lf.lanczos(op, **kwargs)
+
+
+class _NoisyProducts(lf.CurvatureOperator):
+    """A symmetric matrix whose products carry rounding-like noise of size 1e-12·‖H‖ (an
+    autograd HVP is symmetric only up to such noise)."""
+
+    def __init__(self, A: torch.Tensor) -> None:
+        super().__init__(A.shape[0], A.dtype, A.device)
+        self.A = A
+        self.gen = torch.Generator().manual_seed(1)
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(V.shape, generator=self.gen, dtype=V.dtype)
+        return V @ self.A + 1e-12 * noise * V.norm(dim=1, keepdim=True)
+
+
+def test_symmetry_check_scales_with_the_operator_norm_not_the_local_coefficients() -> None:
+    # Eigenvalues graded down to 1e-11: once Lanczos has found the large ones, its
+    # coefficients are ~1e-10 while the products' noise is ~1e-12 (relative to ‖H‖ = 1). A
+    # check against the local scale alone called this operator non-symmetric.
+    values = torch.logspace(0, -11, 40, dtype=torch.float64)
+    op = _NoisyProducts(operator_with_spectrum(values, seed=0)[1])
+    res = lf.lanczos(op, num_steps=30)
+    assert res.alpha.numel() == 30 and not res.breakdown
+    skew = torch.randn(40, 40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with pytest.raises(ValueError, match="not symmetric"):
+        lf.lanczos(lf.DenseOperator(torch.eye(40, dtype=torch.float64) + 1e-3 * skew), num_steps=20)
