@@ -105,6 +105,7 @@ from torch import autograd, nn
 
 from landscape_fast.linalg.eigsh import eigsh
 from landscape_fast.linalg.estimate import Estimate
+from landscape_fast.linalg.result import EigenResult
 from landscape_fast.operators.base import CurvatureOperator
 from landscape_fast.operators.engines import checked_loss
 from landscape_fast.operators.hessian import Hessian
@@ -461,6 +462,7 @@ def sharpness(
     seed: int = 0,
     compute_lambda_max: bool = True,
     dtype: torch.dtype | None = None,
+    top: EigenResult | None = None,
 ) -> Sharpness:
     r"""ρ-sharpness of ``model`` at its current parameters (see the module docstring).
 
@@ -501,6 +503,9 @@ def sharpness(
         compute_lambda_max: Compute :math:`\lambda_{\max}` (Lanczos) for ``lambda_max`` and
             ``taylor``; always done for ``kind="taylor"`` or an ``"eigenvector"`` restart.
         dtype: Compute dtype (e.g. ``torch.float64`` for a float32 model).
+        top: An already computed ``eigsh(H, which="LA")`` of this model, loss and data (e.g.
+            from :func:`landscape_fast.analyze`): its first pair gives :math:`\lambda_{\max}`
+            and :math:`q_1` when the ball is not scaled (ignored for adaptive and Keskar).
 
     Returns:
         :class:`Sharpness`. With ``m``, ``value``/``stderr``/``estimate`` are the mean of
@@ -541,7 +546,11 @@ def sharpness(
     lam: float | None = None
     q: torch.Tensor | None = None
     n_matvecs = 0
-    if need_eig:
+    if need_eig and top is not None and not scaled:  # reuse the caller's eigsh(H, "LA")
+        lam, q = float(top.eigenvalues[0]), top.eigenvectors[0].to(wdtype)
+        if not bool(top.converged[0]):
+            notes.append("eigsh did not converge: lambda_max is approximate")
+    elif need_eig:
         lam, q, n_matvecs, converged = _top_eig(op, t, scaled, seed)
         if not converged:
             notes.append("eigsh did not converge: lambda_max is approximate")

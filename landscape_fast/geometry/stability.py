@@ -73,6 +73,7 @@ from torch import nn
 
 from landscape_fast.data import Batch, slice_batch, unsqueeze_batch
 from landscape_fast.linalg.eigsh import eigsh
+from landscape_fast.linalg.result import EigenResult
 from landscape_fast.operators.base import CurvatureOperator
 from landscape_fast.operators.engines import check_finite_loss
 from landscape_fast.operators.hessian import Hessian
@@ -330,6 +331,8 @@ def stability(
     nonuniformity: str = "lower_bound",
     tol: float = 1e-4,
     seed: int = 0,
+    top: EigenResult | None = None,
+    bottom: EigenResult | None = None,
     **operator_kwargs: Any,
 ) -> Stability:
     r"""Linear stability of the current point under GD (and SGD with ``batch_size``).
@@ -351,6 +354,9 @@ def stability(
             (eigsh on :math:`M`; small models) or ``"none"`` (skip :math:`s^2`).
         tol: Relative eigsh tolerance.
         seed: eigsh seed.
+        top, bottom: Already computed ``eigsh(H, which="LA")`` / ``eigsh(H, which="SA")``
+            results of the same operator (e.g. from :func:`landscape_fast.analyze`); their
+            first pair is used instead of solving again.
         **operator_kwargs: Passed to :class:`~landscape_fast.Hessian` for a module
             (``dtype``, ``params``, ``memory_budget``, ``hvp``, ...).
 
@@ -415,8 +421,10 @@ def stability(
     start_matvecs = H.n_matvecs
     notes: list[str] = []
 
-    top = eigsh(H, k=1, which="LA", tol=tol, seed=seed)
-    bottom = eigsh(H, k=1, which="SA", tol=tol, seed=seed)
+    if top is None:
+        top = eigsh(H, k=1, which="LA", tol=tol, seed=seed)
+    if bottom is None:
+        bottom = eigsh(H, k=1, which="SA", tol=tol, seed=seed)
     a = float(top.eigenvalues[0])
     lam_min = float(bottom.eigenvalues[0])
     res_max, res_min = float(top.residuals[0]), float(bottom.residuals[0])

@@ -51,6 +51,7 @@ from landscape_fast.linalg.density import SpectralDensity
 from landscape_fast.linalg.eigsh import eigsh
 from landscape_fast.linalg.lanczos import lanczos_lockstep
 from landscape_fast.linalg.probes import check_probe_kind, probe_block
+from landscape_fast.linalg.result import EigenResult
 from landscape_fast.operators.base import CurvatureOperator
 
 
@@ -62,7 +63,7 @@ def spectral_density(
     *,
     probe: str = "rademacher",
     block_size: int | None = None,
-    refine: int = 0,
+    refine: int | EigenResult = 0,
     refine_tol: float = 1e-6,
     basis_dtype: torch.dtype | None = None,
     reorthogonalize: bool = True,
@@ -89,7 +90,10 @@ def spectral_density(
             pass per step). ``1`` runs them one after another. The numbers do not depend on
             it (up to rounding); the memory (``block_size · m · p`` basis entries) does.
         refine: Number ``k`` of eigenpairs (largest magnitude, ``eigsh(which="LM")``) to
-            compute exactly and deflate; the converged ones become point masses.
+            compute exactly and deflate; the converged ones become point masses. Or an
+            already computed :class:`~landscape_fast.EigenResult` of ``op`` (any end, e.g.
+            the top eigenpairs of :func:`landscape_fast.analyze`): its converged pairs are
+            deflated and its products are not counted again.
         refine_tol: Residual tolerance of the refinement (relative, as in ``eigsh``).
         basis_dtype: Storage dtype of the Lanczos bases (see
             :func:`~landscape_fast.linalg.lanczos.lanczos_lockstep`).
@@ -116,6 +120,9 @@ def spectral_density(
         raise ValueError(f"spectral_density: num_steps must be >= 1, got {num_steps}")
     if block_size is not None and block_size < 1:
         raise ValueError(f"spectral_density: block_size must be >= 1 or None, got {block_size}")
+    given = refine if isinstance(refine, EigenResult) else None
+    if given is not None:
+        refine = len(given.eigenvalues)
     if not 0 <= refine < p:
         raise ValueError(f"spectral_density: refine must be in [0, p={p}), got {refine}")
     notes: list[str] = []
@@ -142,15 +149,19 @@ def spectral_density(
     refined = None
     D = None
     point_masses = torch.zeros(0, dtype=torch.float64)
-    if refine > 0:
+    if given is not None:
+        refined = given
+        notes.append(f"refine: {refine} eigenpairs given (their products not counted here)")
+    elif refine > 0:
         refined = eigsh(op, refine, which="LM", tol=refine_tol, seed=seed)
         matvecs += refined.n_matvecs
+    if refined is not None:
         conv = refined.converged.cpu()
         point_masses = refined.eigenvalues.cpu().to(torch.float64)[conv]
         n_un = int((~conv).sum())
         if n_un:
             notes.append(
-                f"refine: {n_un} of {refine} eigenpairs did not converge to tol {refine_tol:g}; "
+                f"refine: {n_un} of {refine} eigenpairs did not converge; "
                 "they are not deflated (their mass stays in the SLQ part)"
             )
         if int(conv.sum()):
