@@ -11,6 +11,7 @@ Example:
 """
 
 from landscape_fast._backend import BackendError
+from landscape_fast.analyze import QUANTITIES, Budget, analyze
 from landscape_fast.geometry import (
     GradientNoise,
     PacBayesBound,
@@ -58,10 +59,15 @@ from landscape_fast.operators import (
 )
 from landscape_fast.ops.block_reorth import ReorthResult, block_reorth
 from landscape_fast.params import ParamSpace
+from landscape_fast.report.landscape_report import LandscapeReport
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "QUANTITIES",
+    "Budget",
+    "LandscapeReport",
+    "analyze",
     "GGN",
     "GradientNoise",
     "PacBayesBound",
