@@ -88,14 +88,14 @@ QUANTITIES = (
 
 #: Relative weights of the budget shares (free quantities get none).
 _WEIGHT = {
-    "eigenvalues_top": 3.0,
-    "eigenvalues_bottom": 2.0,
+    "eigenvalues_top": 4.0,
+    "eigenvalues_bottom": 1.5,
     "trace": 2.0,
-    "spectral_density": 4.0,
-    "frobenius_norm_sq": 1.5,
-    "sharpness": 2.0,
+    "spectral_density": 3.0,
+    "frobenius_norm_sq": 1.0,
+    "sharpness": 1.5,
     "gradient_noise": 1.5,
-    "stability": 1.0,
+    "stability": 0.5,
     "pac_bayes": 1.0,
 }
 
@@ -229,6 +229,7 @@ def _eig_section(
         "n_matvecs": res.n_matvecs,
         "seconds": seconds,
         "history": history,
+        "history_residual": "max residual estimate / largest |Ritz value| seen",
         "describe": (
             f"{end} {k} Hessian eigenvalue(s) by thick-restart Lanczos (lf.eigsh, converged when "
             f"‖Hv−λv‖ ≤ {tol:g}·max|θ|): {vals}; {status}, {res.n_matvecs} matvecs"
@@ -352,13 +353,17 @@ def analyze(
 
         def fn() -> tuple[dict[str, Any], Any]:
             cap = plan.matvec_cap(qname, max(1000, 100 * k))
-            kk = min(k, max(cap // 20, 0), p - 1)
+            kk = min(k, max(cap // 12, 0), p - 1)
             if kk < 1:
-                raise _Skip(f"budget: {cap} matvecs left for it, needs at least 20")
+                raise _Skip(f"budget: {cap} matvecs left for it, needs at least 12")
             history: list[dict[str, Any]] = []
+            seen = [abs(float(top.eigenvalues[0])) if top is not None else 0.0]
 
             def record(r: RestartRecord) -> None:
-                history.append({"n_matvecs": r.n_matvecs, "max_residual": max(r.residuals)})
+                # relative to the largest Ritz magnitude seen, as eigsh's tolerance is
+                seen[0] = max(seen[0], *(abs(x) for x in r.ritz_values))
+                rel = max(r.residuals) / seen[0] if seen[0] > 0 else math.inf
+                history.append({"n_matvecs": r.n_matvecs, "max_residual": rel})
 
             start = time.perf_counter()
             res = eigsh(op, kk, which=which, tol=tol, max_matvecs=cap, seed=seed, callback=record)
@@ -369,7 +374,8 @@ def analyze(
 
         return fn
 
-    top = bottom = None
+    top: EigenResult | None = None
+    bottom: EigenResult | None = None
     if "eigenvalues_top" in wanted:
         run("eigenvalues_top", eigen("LA", top_k))
         top = results.get("eigenvalues_top")

@@ -97,3 +97,24 @@ def test_screenshot_shows_decoded_plots(written):
     blue, orange = _plot_pixels(shots["report"])
     assert blue > 500 and orange > 500, (blue, orange)
     assert _plot_pixels(shots["broken"]) == (0, 0)
+
+
+def test_report_of_a_real_analysis(tmp_path):
+    """``lf.analyze`` on a small MLP, its HTML opened in the browser: every section and plot."""
+    import torch
+    from torch import nn
+
+    import landscape_fast as lf
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    X, y = torch.randn(40, 4, dtype=torch.float64), torch.randint(0, 3, (40,))
+    report = lf.analyze(model, "ce", (X, y), lr=0.1, top_k=3, slq_steps=20)
+    page = report.to_html(tmp_path / "report.html")
+    dom = _chromium(tmp_path, "--dump-dom", page.as_uri()).stdout.decode("utf-8")
+    for key in report.quantities:
+        assert f'<section id="{key}">' in dom, key
+    assert dom.count('<img src="data:image/png;base64,') == 4
+    shot = tmp_path / "report.png"
+    _chromium(tmp_path, f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}", page.as_uri())
+    assert min(_plot_pixels(shot)) > 500
