@@ -2,9 +2,11 @@
 
 Data: :func:`digits_data` (scikit-learn's digits), :func:`cifar_like_data` (synthetic
 CIFAR-shaped images) and :func:`token_data` (synthetic token sequences). Models:
-:func:`digits_mlp`, :func:`resnet20` and :func:`tiny_transformer`. :data:`WORKLOADS` bundles
-them into ``(model, loss_fn, (X, y))`` triples for the tests and benchmarks; :func:`train`
-fits any of them. Everything is deterministic in its ``seed`` and leaves the global RNG alone.
+:func:`digits_mlp`, :func:`simple_cnn`, :func:`resnet20` (with or without BatchNorm and
+shortcuts) and :func:`tiny_transformer`. :data:`WORKLOADS` bundles them into
+``(model, loss_fn, (X, y))`` triples for the tests and benchmarks; :data:`MODELS` and
+:data:`DATASETS` name them for the command line; :func:`train` fits any of them.
+Everything is deterministic in its ``seed`` and leaves the global RNG alone.
 
 Example:
     >>> from landscape_fast.zoo import digits_data, digits_mlp
@@ -18,10 +20,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +35,16 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Workload = tuple[nn.Module, LossFn, tuple[torch.Tensor, torch.Tensor]]
 
 __all__ = [
+    "DATASETS",
+    "MODELS",
     "WORKLOADS",
+    "ZooEntry",
     "cifar_like_data",
     "digits_data",
     "digits_mlp",
     "lm_loss",
     "resnet20",
+    "simple_cnn",
     "tiny_transformer",
     "token_data",
     "train",
@@ -199,10 +207,17 @@ class _ShortcutA(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """Two 3×3 convs (each followed by BatchNorm2d when ``batch_norm``) and a shortcut."""
+    """Two 3×3 convs (each followed by BatchNorm2d when ``batch_norm``) and a shortcut
+    (none when ``skip`` is false: a plain block)."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, stride: int, batch_norm: bool, shortcut: str
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        batch_norm: bool,
+        shortcut: str,
+        skip: bool = True,
     ) -> None:
         super().__init__()
         bias = not batch_norm
@@ -210,8 +225,10 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_ch) if batch_norm else nn.Identity()
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1, bias=bias)
         self.bn2 = nn.BatchNorm2d(out_ch) if batch_norm else nn.Identity()
-        self.shortcut: nn.Module
-        if stride == 1 and in_ch == out_ch:
+        self.shortcut: nn.Module | None
+        if not skip:
+            self.shortcut = None
+        elif stride == 1 and in_ch == out_ch:
             self.shortcut = nn.Identity()
         elif shortcut == "A":
             self.shortcut = _ShortcutA(in_ch, out_ch, stride)
@@ -224,6 +241,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.shortcut is None:
+            return F.relu(out)
         return F.relu(out + self.shortcut(x))
 
 
@@ -237,6 +256,7 @@ class CifarResNet(nn.Module):
         num_classes: int,
         batch_norm: bool,
         shortcut: str,
+        skip: bool = True,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, width, 3, padding=1, bias=not batch_norm)
@@ -247,7 +267,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for j in range(blocks_per_stage):
                 stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(BasicBlock(in_ch, out_ch, stride, batch_norm, shortcut))
+                blocks.append(BasicBlock(in_ch, out_ch, stride, batch_norm, shortcut, skip))
                 in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -267,6 +287,7 @@ def resnet20(
     *,
     depth: int = 20,
     shortcut: Literal["conv", "A"] = "conv",
+    skip: bool = True,
 ) -> CifarResNet:
     """ResNet-``depth`` for CIFAR-shaped images ``(B, 3, H, W)``, returning ``(B, num_classes)``.
 
@@ -278,7 +299,10 @@ def resnet20(
     scaled down by ``1 / sqrt(#blocks)`` (Fixup-style) to keep the activations bounded.
     When a block changes the shape, the shortcut is ``"conv"`` (1×1 strided conv, plus BN
     with ``batch_norm``; option B of He et al.) or ``"A"`` (subsampling plus zero channels,
-    no parameters).
+    no parameters). With ``skip=False`` the blocks have no shortcut connections at all (a
+    plain ``depth``-layer CNN, as in the "no skip" nets of Li et al. 2018); without batch
+    norm its convs then keep plain He init (no Fixup scaling, which is for residual
+    branches).
 
     Parameter counts (``num_classes=10``, BN; shortcut ``"conv"`` / ``"A"``): 272,474 /
     269,722 at ``width=16`` (``depth=20``), 78,042 / 75,290 at ``depth=8``, 5,214 / 5,006
@@ -291,6 +315,8 @@ def resnet20(
         >>> model = resnet20(depth=8, width=4)
         >>> model(torch.zeros(2, 3, 8, 8)).shape, sum(p.numel() for p in model.parameters())
         (torch.Size([2, 10]), 5214)
+        >>> sum(p.numel() for p in resnet20(depth=8, width=4, skip=False).parameters())
+        5006
     """
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
@@ -298,7 +324,7 @@ def resnet20(
         raise ValueError(f"shortcut must be 'A' or 'conv', got {shortcut!r}")
     n_blocks = (depth - 2) // 6
     with torch.random.fork_rng(devices=[]):  # the default init draws from the global RNG
-        model = CifarResNet(n_blocks, width, num_classes, batch_norm, shortcut)
+        model = CifarResNet(n_blocks, width, num_classes, batch_norm, shortcut, skip)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -313,10 +339,59 @@ def resnet20(
             elif isinstance(m, nn.Linear):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.in_features**0.5)
                 m.bias.zero_()
-        if not batch_norm:
+        if not batch_norm and skip:
             for m in model.modules():
                 if isinstance(m, BasicBlock):
                     m.conv2.weight.mul_((3 * n_blocks) ** -0.5)
+    return model
+
+
+class SimpleCNN(nn.Module):
+    """Two conv-ReLU-pool stages and a linear head; build it with :func:`simple_cnn`."""
+
+    def __init__(self, in_channels: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc = nn.Linear(2 * width * 16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = self.pool(F.relu(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+def simple_cnn(
+    num_classes: int = 10, width: int = 8, seed: int = 0, in_channels: int = 3
+) -> SimpleCNN:
+    """A small CNN for images ``(B, in_channels, H, W)``, any ``H, W >= 8``, to logits
+    ``(B, num_classes)``.
+
+    ``conv3×3(width) - ReLU - maxpool 2``, ``conv3×3(2 width) - ReLU - adaptive average pool
+    to 4×4``, then a linear head: 3,962 parameters with the defaults (``width=8``, 3 input
+    channels, 10 classes), about 1,300 of them in the convs. Smooth (no BatchNorm), so its
+    Hessian is that of a plain function of the parameters.
+
+    Init (deterministic in ``seed``, global RNG untouched): He-normal convs (fan-in), head
+    weights normal with variance ``1 / fan_in``, zero biases.
+
+    Example:
+        >>> model = simple_cnn()
+        >>> model(torch.zeros(2, 3, 32, 32)).shape, model(torch.zeros(2, 3, 8, 8)).shape
+        (torch.Size([2, 10]), torch.Size([2, 10]))
+        >>> sum(p.numel() for p in model.parameters())
+        3962
+    """
+    with torch.random.fork_rng(devices=[]):  # the default init draws from the global RNG
+        model = SimpleCNN(in_channels, width, num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in (model.conv1, model.conv2, model.fc):
+            fan_in = m.weight[0].numel()
+            gain = 1.0 if m is model.fc else 2.0
+            m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (gain / fan_in) ** 0.5)
+            m.bias.zero_()
     return model
 
 
@@ -518,6 +593,13 @@ def _resnet_workload(tiny: bool = False, seed: int = 0) -> Workload:
     return resnet20(seed=seed), F.cross_entropy, cifar_like_data(n=128, seed=seed)
 
 
+def _cnn_workload(tiny: bool = False, seed: int = 0) -> Workload:
+    if tiny:
+        model = simple_cnn(width=4, seed=seed)
+        return model, F.cross_entropy, cifar_like_data(n=32, seed=seed, size=8)
+    return simple_cnn(seed=seed), F.cross_entropy, cifar_like_data(n=128, seed=seed)
+
+
 def _transformer_workload(tiny: bool = False, seed: int = 0) -> Workload:
     if tiny:
         model = tiny_transformer(vocab=16, d_model=8, n_heads=2, n_layers=1, seq_len=8, seed=seed)
@@ -530,6 +612,7 @@ WORKLOADS: dict[str, Callable[..., Workload]] = {
     "digits_mlp": _digits_workload,
     "resnet20": _resnet_workload,
     "transformer": _transformer_workload,
+    "cnn": _cnn_workload,
 }
 """Name -> ``make(tiny=False, seed=0)`` returning ``(model, loss_fn, (X, y))``.
 
@@ -539,6 +622,8 @@ so BatchNorm uses batch statistics until you call ``model.eval()``).
 =============  ===========================================  ==========  ===========================
 name           default (benchmarks)                         params      ``tiny=True`` (tests)
 =============  ===========================================  ==========  ===========================
+cnn            simple CNN width 8 (2 conv-ReLU-pool         3,962       width 4: 1,698 params, 32
+               stages), 128 cifar-like 3×32×32 images                   images 3×8×8
 digits_mlp     64-32-32-10 tanh MLP, 1797 digits            3,466       hidden 8: 682 params, 128
                                                                         samples
 resnet20       ResNet-20 width 16 (BN, 1×1 conv             272,474     depth 8, width 4: 5,214
@@ -548,4 +633,73 @@ transformer    LM, vocab 64, d_model 64, 4 heads, 2         110,400     vocab 16
                layers, 64 sequences of 32 tokens                        layer, seq 8: 1,224 params,
                                                                         16 sequences
 =============  ===========================================  ==========  ===========================
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Name registries (the CLI's ``--model`` and ``--data``)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A named zoo model or data set: ``entry(**kwargs)`` calls ``build``.
+
+    Attributes:
+        build: The constructor: models take ``seed=``; data sets take ``n=None`` (the default
+            size) and ``seed=`` and return ``(X, y)``.
+        default_loss: ``"ce"`` (cross-entropy) or ``"lm"`` (:func:`lm_loss`).
+        data: For models, the :data:`DATASETS` name whose samples the model accepts.
+        description: One line for ``--help`` and error hints.
+    """
+
+    build: Callable[..., Any]
+    default_loss: str
+    data: str | None = None
+    description: str = ""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.build(*args, **kwargs)
+
+
+def _digits_set(n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    X, y = digits_data()  # a fixed set: ``seed`` is accepted for a uniform signature
+    return (X, y) if n is None else (X[:n], y[:n])
+
+
+def _cifar_set(n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    return cifar_like_data(n=512 if n is None else n, seed=seed)
+
+
+def _token_set(n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    return token_data(n=256 if n is None else n, seed=seed)
+
+
+DATASETS: dict[str, ZooEntry] = {
+    "digits": ZooEntry(_digits_set, "ce", description="scikit-learn digits, 1797 × 64 features"),
+    "cifar_like": ZooEntry(_cifar_set, "ce", description="512 synthetic 3×32×32 images"),
+    "tokens": ZooEntry(_token_set, "lm", description="256 token sequences of 8, vocab 32"),
+}
+"""Data set name -> :class:`ZooEntry` whose ``build(n=None, seed=0)`` returns ``(X, y)``."""
+
+MODELS: dict[str, ZooEntry] = {
+    "digits_mlp": ZooEntry(digits_mlp, "ce", "digits", "64-32-32-10 tanh MLP"),
+    "cnn": ZooEntry(simple_cnn, "ce", "cifar_like", "2-conv CNN, width 8"),
+    "resnet20": ZooEntry(resnet20, "ce", "cifar_like", "ResNet-20 with BatchNorm"),
+    "resnet20_nobn": ZooEntry(
+        functools.partial(resnet20, batch_norm=False), "ce", "cifar_like", "ResNet-20, no BN"
+    ),
+    "resnet20_noskip": ZooEntry(
+        functools.partial(resnet20, skip=False), "ce", "cifar_like", "ResNet-20, no shortcuts"
+    ),
+    "transformer": ZooEntry(tiny_transformer, "lm", "tokens", "1-layer causal LM, vocab 32"),
+}
+"""Model name -> :class:`ZooEntry` whose ``build(seed=0)`` returns a fresh model that accepts
+the samples of ``DATASETS[entry.data]`` (with the loss ``entry.default_loss``).
+
+Example:
+    >>> entry = MODELS["cnn"]
+    >>> X, y = DATASETS[entry.data](n=4)
+    >>> entry(seed=1)(X).shape, entry.default_loss
+    (torch.Size([4, 10]), 'ce')
 """

@@ -11,10 +11,13 @@ from torch.func import functional_call, grad
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from landscape_fast.zoo import (
+    DATASETS,
+    MODELS,
     WORKLOADS,
     cifar_like_data,
     lm_loss,
     resnet20,
+    simple_cnn,
     tiny_transformer,
     token_data,
     train,
@@ -98,6 +101,8 @@ def test_constructors_leave_the_global_rng_alone() -> None:
     cifar_like_data(n=4)
     token_data(n=4)
     resnet20(depth=8, width=4)
+    resnet20(depth=8, width=4, skip=False)
+    simple_cnn()
     tiny_transformer()
     assert torch.equal(torch.get_rng_state(), state)
 
@@ -155,6 +160,70 @@ def test_batch_norm_buffers_change_in_training() -> None:
         out_eval = model.eval()(X)
         out_train = model.train()(X)
     assert not torch.allclose(out_eval, out_train, atol=1e-3)
+
+
+def test_simple_cnn_shapes_counts_and_determinism() -> None:
+    model = simple_cnn()
+    assert n_params(model) == 3 * 8 * 9 + 8 + 8 * 16 * 9 + 16 + 16 * 16 * 10 + 10 == 3_962
+    for size in (8, 13, 32, 64):  # adaptive pooling: any H, W >= 8
+        out = model(torch.randn(2, 3, size, size))
+        assert out.shape == (2, 10) and torch.isfinite(out).all(), size
+    assert model(torch.randn(2, 3, 8, 20)).shape == (2, 10)
+    assert simple_cnn(num_classes=4, in_channels=1)(torch.randn(5, 1, 8, 8)).shape == (5, 4)
+    assert n_params(simple_cnn(width=4)) == 1_698
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    out = model(cifar_like_data(n=16)[0])
+    assert 0.1 < out.std() < 10  # He init keeps the logits in range
+    assert same_state(simple_cnn(seed=4), simple_cnn(seed=4))
+    assert not same_state(simple_cnn(seed=4), simple_cnn(seed=5))
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_resnet_without_skip_connections(batch_norm: bool) -> None:
+    plain = resnet20(depth=8, width=4, batch_norm=batch_norm, skip=False)
+    res = resnet20(depth=8, width=4, batch_norm=batch_norm)
+    # the same convs and BN, minus the two 1x1 shortcut convs (and their BN)
+    shortcut_params = (4 * 8 + 8 * 16) + ((8 + 16) * 2 if batch_norm else 8 + 16)
+    assert n_params(res) - n_params(plain) == shortcut_params
+    blocks = [m for m in plain.modules() if m.__class__.__name__ == "BasicBlock"]
+    assert len(blocks) == 3 and all(b.shortcut is None for b in blocks)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == batch_norm
+    X = cifar_like_data(n=8, size=16)[0]
+    plain.eval()
+    out = plain(X)
+    assert out.shape == (8, 10) and torch.isfinite(out).all()
+    assert 0.01 < out.std() < 100
+    # the residual path matters: with the same weights, dropping the shortcuts changes outputs
+    res.load_state_dict(plain.state_dict(), strict=False)
+    assert not torch.allclose(res.eval()(X), out)
+    deep = resnet20(depth=20, width=4, batch_norm=False, skip=False)
+    assert 1e-3 < deep(X).std() < 100  # plain He init, no Fixup shrinking without skips
+
+
+def test_registries_name_models_and_their_data() -> None:
+    assert set(MODELS) == {
+        "digits_mlp",
+        "cnn",
+        "resnet20",
+        "resnet20_nobn",
+        "resnet20_noskip",
+        "transformer",
+    }
+    assert set(DATASETS) == {"digits", "cifar_like", "tokens"}
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in MODELS["resnet20_nobn"]().modules())
+    noskip = MODELS["resnet20_noskip"]()
+    assert n_params(noskip) == 269_722 and any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in noskip.modules()
+    )
+    assert same_state(MODELS["cnn"](seed=2), simple_cnn(seed=2))
+    assert DATASETS["cifar_like"]()[0].shape == (512, 3, 32, 32)
+    assert DATASETS["tokens"](n=5, seed=1)[0].shape == (5, 8)
+    assert len(DATASETS["digits"](n=7)[0]) == 7
+    for name, entry in MODELS.items():
+        X, y = DATASETS[entry.data](n=2)
+        out = entry()(X)
+        loss = lm_loss if entry.default_loss == "lm" else F.cross_entropy
+        assert loss(out, y).shape == (), name
 
 
 def test_transformer_shapes_counts_and_causality() -> None:
@@ -215,6 +284,7 @@ def test_workload_training_decreases_the_loss(name: str) -> None:
 
 def test_default_workloads_sizes() -> None:
     expected = {
+        "cnn": (3_962, (128, 3, 32, 32)),
         "digits_mlp": (3_466, (1797, 64)),
         "resnet20": (272_474, (128, 3, 32, 32)),
         "transformer": (110_400, (64, 32)),
