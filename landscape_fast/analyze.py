@@ -189,21 +189,27 @@ class _Planner:
         self.t_hvp = math.nan
         self.t_grad = math.nan
 
-    def allowance(self, name: str) -> tuple[float, float]:
-        """``(seconds, matvecs)`` this quantity may use (``inf`` without a budget)."""
+    def allowance(
+        self, name: str, need_seconds: float = 0.0, need_matvecs: float = 0.0
+    ) -> tuple[float, float]:
+        """``(seconds, matvecs)`` this quantity may use (``inf`` without a budget): its share
+        of what is left, raised to its minimum need while the whole budget still covers it
+        (so the quantities computed first are not all starved into being skipped)."""
         if self.budget is None or name not in self.pending:
             return math.inf, math.inf
         share = _WEIGHT[name] / sum(_WEIGHT[q] for q in self.pending)
         secs = mv = math.inf
         if self.budget.seconds is not None:
-            secs = max(self.budget.seconds - (time.perf_counter() - self.start), 0.0) * share
+            left = max(self.budget.seconds - (time.perf_counter() - self.start), 0.0)
+            secs = max(left * share, need_seconds) if left >= need_seconds else left * share
         if self.budget.matvecs is not None:
-            mv = max(self.budget.matvecs - self.used_matvecs, 0) * share
+            left_mv = max(self.budget.matvecs - self.used_matvecs, 0)
+            mv = max(left_mv * share, need_matvecs) if left_mv >= need_matvecs else left_mv * share
         return secs, mv
 
-    def matvec_cap(self, name: str, default: int) -> int:
-        """Products this quantity may spend: its default, cut to its share of the budget."""
-        secs, mv = self.allowance(name)
+    def matvec_cap(self, name: str, default: int, minimum: int = 0) -> int:
+        """Products this quantity may spend: its default, cut to its allowance."""
+        secs, mv = self.allowance(name, minimum * self.t_hvp, minimum)
         by_time = secs / self.t_hvp if self.t_hvp > 0 else math.inf
         return int(min(default, mv, by_time))
 
@@ -270,6 +276,7 @@ def analyze(
     trace_rtol: float = 0.01,
     slq_probes: int = 8,
     slq_steps: int = 80,
+    chunk_size: int | None = 256,
 ) -> LandscapeReport:
     r"""Analyze the loss landscape of ``model`` at its current parameters.
 
@@ -292,6 +299,10 @@ def analyze(
         rho: Sharpness radius (L2); the sharpness-vs-ρ sweep uses ρ/4, ρ/2, ρ and 2ρ.
         trace_rtol: Target relative standard error of trace and Frobenius norm.
         slq_probes, slq_steps: Spectral-density probes and Lanczos steps.
+        chunk_size: An ``(inputs, targets)`` pair is split into batches of this many samples
+            for every pass (memory: a double-backward pass holds a few times the
+            activations); the numbers do not depend on it with ``batch_norm="eval"``, and no
+            split is made with ``"batch"`` or ``None``.
 
     Returns:
         A :class:`~landscape_fast.report.landscape_report.LandscapeReport`. The model is
@@ -304,6 +315,7 @@ def analyze(
         FloatingPointError: A non-finite loss or gradient at the current parameters.
     """
     wanted = _resolve_quantities(quantities, lr, init_params)
+    data = _chunked(data, chunk_size, batch_norm)
     plan = _Planner(Budget.parse(budget), wanted)
     say = _Progress(progress)
     results: dict[str, Any] = {}
@@ -352,7 +364,7 @@ def analyze(
         qname = "eigenvalues_top" if which == "LA" else "eigenvalues_bottom"
 
         def fn() -> tuple[dict[str, Any], Any]:
-            cap = plan.matvec_cap(qname, max(1000, 100 * k))
+            cap = plan.matvec_cap(qname, max(1000, 100 * k), minimum=12)
             kk = min(k, max(cap // 12, 0), p - 1)
             if kk < 1:
                 raise _Skip(f"budget: {cap} matvecs left for it, needs at least 12")
@@ -400,9 +412,9 @@ def analyze(
             lambda: _noise(model, loss_fn, data, plan, lr, batch_size, seed, typed),
         )
     if "stability" in wanted:
-        run("stability", lambda: _stability(H, lr, batch_size, top, bottom, tol, seed))
+        run("stability", lambda: _stability(H, plan, lr, batch_size, top, bottom, tol, seed))
     if "pac_bayes" in wanted:
-        run("pac_bayes", lambda: _pac_bayes(model, loss_fn, data, init_params, seed, common))
+        run("pac_bayes", lambda: _pac_bayes(model, loss_fn, data, init_params, plan, seed, common))
 
     total = time.perf_counter() - plan.start
     b = plan.budget
@@ -452,6 +464,18 @@ def _version() -> str:
     from landscape_fast import __version__
 
     return __version__
+
+
+def _chunked(data: Any, chunk_size: int | None, batch_norm: str) -> Any:
+    """An ``(X, y)`` pair of tensors as a list of pairs of at most ``chunk_size`` samples."""
+    from landscape_fast.data import is_pair
+
+    if chunk_size is None or batch_norm != "eval" or not is_pair(data):
+        return data
+    X, y = data
+    if not (isinstance(X, torch.Tensor) and isinstance(y, torch.Tensor)) or len(X) <= chunk_size:
+        return data
+    return [(X[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(X), chunk_size)]
 
 
 def _resolve_quantities(quantities: Any, lr: float | None, init_params: Any) -> list[str]:
@@ -514,9 +538,9 @@ def _hutch(
     from landscape_fast.linalg.trace import frobenius_norm_sq, trace
 
     fn = trace if qname == "trace" else frobenius_norm_sq
-    cap = plan.matvec_cap(qname, 2000)
-    if cap < 3:
-        raise _Skip(f"budget: {cap} matvecs left for it, Hutch++ needs at least 3")
+    cap = plan.matvec_cap(qname, 2000, minimum=10)
+    if cap < 10:
+        raise _Skip(f"budget: {cap} matvecs left for it, a Hutch++ estimate needs at least 10")
     if cap < 60:  # too few for an adaptive stop (20 samples): a fixed Hutch++ run
         est = fn(op, "hutch++", num_matvecs=cap, seed=seed)
     else:
@@ -535,14 +559,14 @@ def _density(
 ) -> tuple[dict[str, Any], Any]:
     from landscape_fast.linalg.slq import spectral_density
 
-    cap = plan.matvec_cap("spectral_density", probes * steps)
+    cap = plan.matvec_cap("spectral_density", probes * steps, minimum=16)
     p = op.shape[0]
     steps = min(steps, cap // probes, p - 1)
     while steps < 10 and probes > 2:
         probes //= 2
         steps = min(80, cap // probes, p - 1)
-    if steps < 4:
-        raise _Skip(f"budget: {cap} matvecs left for it, SLQ needs at least 2 probes × 4 steps")
+    if steps < 8:
+        raise _Skip(f"budget: {cap} matvecs left for it, SLQ needs at least 2 probes × 8 steps")
     refine: int | EigenResult = 0
     if top is not None and bool(top.converged.any()):  # deflated: exact point masses
         refine = top
@@ -614,10 +638,10 @@ def _sharpness(
 
     if not rho > 0:
         raise ValueError(f"analyze: rho must be > 0, got {rho}")
-    secs, _ = plan.allowance("sharpness")
     restarts = len(RESTARTS) + 1  # "eigenvector" starts at +q and at -q
     # worst: (steps + 1) gradients per restart; average: 64 forwards ≈ 21 gradients; ×4 ρ
     per_rho = lambda steps: ((steps + 1) * restarts + 22) * plan.t_grad  # noqa: E731
+    secs, _ = plan.allowance("sharpness", need_seconds=per_rho(5))
     steps = 20
     while steps > 5 and per_rho(steps) > secs:
         steps -= 5
@@ -627,10 +651,12 @@ def _sharpness(
         )
     sweep_rhos = [rho / 4, rho / 2, rho, 2 * rho]
     full_sweep = 4 * per_rho(steps) <= secs
-    kw = dict(seed=seed, top=top, **common)
+    kw: dict[str, Any] = dict(seed=seed, top=top, **common)
+    if top is None and plan.budget is not None:  # no eigensolve of its own under a budget
+        kw.update(restarts=("gradient", "random"), compute_lambda_max=False)
     worst = sharpness(model, loss_fn, data, rho, "worst", steps=steps, **kw)
     average = sharpness(model, loss_fn, data, rho, "average", **kw)
-    taylor = sharpness(model, loss_fn, data, rho, "taylor", **kw)
+    taylor = None if "restarts" in kw else sharpness(model, loss_fn, data, rho, "taylor", **kw)
     sweep = []
     for r in sweep_rhos:
         row: dict[str, Any] = {"rho": r, "taylor": None, "worst": None, "average": None}
@@ -658,15 +684,15 @@ def _sharpness(
         "norm": "l2",
         "worst": part(worst),
         "average": part(average),
-        "taylor": {**part(taylor), "validity": taylor.validity},
+        "taylor": None if taylor is None else {**part(taylor), "validity": taylor.validity},
         "grad_norm": worst.grad_norm,
         "lambda_max": worst.lambda_max,
         "steps": steps,
         "vs_rho": _js(sweep),
         "n_matvecs": 0,
         "describe": f"ρ = {rho:g} (L2 ball): worst {worst.value:.4g} (PGA, a lower bound), "
-        f"average over δ ~ N(0, ρ²I) {average.value:.4g} ± {average.stderr:.2g}, Taylor "
-        f"{taylor.value:.4g} (estimate)"
+        f"average over δ ~ N(0, ρ²I) {average.value:.4g} ± {average.stderr:.2g}, "
+        + ("no Taylor value (λ_max skipped)" if taylor is None else f"Taylor {taylor.value:.4g}")
         + ("" if full_sweep else "; the ρ sweep has only Taylor values (budget)"),
     }
     return section, {"worst": worst, "average": average, "taylor": taylor}
@@ -707,6 +733,7 @@ def _noise(
 
 def _stability(
     H: Hessian,
+    plan: _Planner,
     lr: float | None,
     batch_size: int | None,
     top: EigenResult | None,
@@ -716,6 +743,8 @@ def _stability(
 ) -> tuple[dict[str, Any], Any]:
     from landscape_fast.geometry.stability import stability
 
+    if plan.budget is not None and (top is None or bottom is None):
+        raise _Skip("under a budget it reuses eigenvalues_top and eigenvalues_bottom (skipped)")
     before = H.n_matvecs
     s = stability(H, lr, batch_size, top=top, bottom=bottom, tol=tol, seed=seed)
     verdict = "stable" if s.gd_stable else "unstable"
@@ -742,12 +771,19 @@ def _pac_bayes(
     loss_fn: Any,
     data: Any,
     init_params: Any,
+    plan: _Planner,
     seed: int,
     common: dict[str, Any],
 ) -> tuple[dict[str, Any], Any]:
-    from landscape_fast.geometry.pac_bayes import pac_bayes_bound
+    from landscape_fast.geometry.pac_bayes import DEFAULT_GRID_J, pac_bayes_bound
 
-    r = pac_bayes_bound(model, loss_fn, data, init_params, seed=seed, **common)
+    # mc_samples × grid forward passes over the data, one forward ≈ a third of a gradient
+    per_draw = len(DEFAULT_GRID_J) * plan.t_grad / 3
+    secs, _ = plan.allowance("pac_bayes", need_seconds=10 * per_draw)
+    mc = int(min(100, secs / per_draw)) if per_draw > 0 else 100
+    if mc < 10:
+        raise _Skip(f"budget: {secs:.3g} s left for it, 10 draws per σ need ~{10 * per_draw:.3g} s")
+    r = pac_bayes_bound(model, loss_fn, data, init_params, mc_samples=mc, seed=seed, **common)
     return {
         "bound": r.bound,
         "train_error": r.train_error,

@@ -155,3 +155,12 @@ def test_bad_arguments():
         lf.analyze(model, "ce", data, budget="fast")
     with pytest.raises(FloatingPointError):
         lf.analyze(model, "ce", (data[0] * float("nan"), data[1]))
+
+
+def test_chunks_change_memory_not_numbers():
+    model, data, _ = _problem(n=50)
+    q = ["eigenvalues_top", "trace", "gradient_noise"]
+    whole = lf.analyze(model, "ce", data, quantities=q, top_k=2, chunk_size=None)
+    parts = lf.analyze(model, "ce", data, quantities=q, top_k=2, chunk_size=16)
+    for a, b in [("eigenvalues_top", "values"), ("trace", "value"), ("gradient_noise", "b_simple")]:
+        assert parts[a][b] == pytest.approx(whole[a][b], rel=1e-8), a

@@ -103,6 +103,7 @@ def _eigenvalues(q: dict[str, Any]) -> Any | None:
         stem.baseline.set_linewidth(0.8)
         ax.set_title(f"{end} eigenvalues")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, len(idx) + 0.5)  # one eigenvalue: no fractional ticks
     return fig
 
 
