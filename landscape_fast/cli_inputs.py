@@ -167,19 +167,21 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _torch_load(path: Path, what: str, hint: str) -> Any:
+    """``torch.load`` of tensors only (no pickled code), errors as one readable line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CLIInputError(f"cannot read {what} {str(path)!r}: {_describe(err)}", hint) from err
+
+
 def _load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CLIInputError(
             f"checkpoint {str(path)!r} does not exist", "check the --checkpoint path"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CLIInputError(
-            f"cannot read checkpoint {str(path)!r}: {_describe(err)}",
-            "save it with torch.save(model.state_dict(), path)",
-        ) from err
+    obj = _torch_load(path, "checkpoint", "save it with torch.save(model.state_dict(), path)")
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -309,14 +311,8 @@ def _pair_from(obj: Any, path: Path) -> tuple[Any, Any]:
 def _load_data_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CLIInputError(
-                f"cannot read data file {str(path)!r}: {_describe(err)}",
-                'save tensors (X, y) or {"X": X, "y": y} with torch.save',
-            ) from err
-        X, y = _pair_from(obj, path)
+        hint = 'save tensors (X, y) or {"X": X, "y": y} with torch.save'
+        X, y = _pair_from(_torch_load(path, "data file", hint), path)
     elif suffix == ".npz":
         import numpy as np
 
