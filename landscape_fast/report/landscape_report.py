@@ -163,9 +163,15 @@ class LandscapeReport:
             label, vpath, spath = _HEADLINES.get(name, (name, "value", "stderr"))
             value, se = _get(sec, vpath), _get(sec, spath) if spath else None
             se_text = f"± {_num(se)}" if se is not None else ""
+            conv = sec.get("converged")
+            flag = (
+                "  NOT CONVERGED"
+                if conv is False or (isinstance(conv, list) and not all(conv))
+                else ""
+            )
             lines.append(
                 f"{name:<20} {label:<18} {_num(value):<13} {se_text:<11} "
-                f"{_num(sec.get('n_matvecs', 0)):>8} {sec.get('seconds') or 0.0:>8.2f}"
+                f"{_num(sec.get('n_matvecs', 0)):>8} {sec.get('seconds') or 0.0:>8.2f}{flag}"
             )
         for s in self.data.get("skipped", []):
             lines.append(f"{s['quantity']:<20} skipped: {s['reason']}")
