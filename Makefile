@@ -21,7 +21,7 @@ BUILD_STAMP := $(VENV)/.package-built
 DOCTEST_IGNORE := --ignore=landscape_fast/kernels/cpp --ignore=landscape_fast/kernels/cuda \
 	--ignore=landscape_fast/kernels/triton --ignore=landscape_fast/__main__.py
 
-.PHONY: install demo test test-all lint format bench check-cuda info clean
+.PHONY: install demo test test-all lint format bench bench-peers bench-peers-deps check-cuda info clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,23 @@ check-cuda:
 
 bench: install
 	$(PY) bench/bench_block_reorth.py
+
+# Side-by-side benchmark against PyHessian, hessian-eigenthings, curvlinops and scipy ARPACK
+# (bench/peers/README.md). The peers (the `bench` extra) go in with --no-deps: their declared
+# dependencies would pull torchvision and a different torch. BENCH_PEERS_ARGS="--tiny ..."
+BENCH_PEER_DEPS := pyhessian==0.1 "hessian-eigenthings>=1.0.0a5" curvlinops-for-pytorch==3.0.1 \
+	scipy tqdm einops einconv linear_operator opt-einsum
+BENCH_PEERS_STAMP := $(VENV)/.bench-peers-installed
+BENCH_PEERS_ARGS ?= --out bench/results/peers_cpu.md
+
+$(BENCH_PEERS_STAMP): $(BUILD_STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --pre $(BENCH_PEER_DEPS)
+	touch $@
+
+bench-peers-deps: $(BENCH_PEERS_STAMP)
+
+bench-peers: $(BENCH_PEERS_STAMP)
+	$(PY) -m bench.peers $(BENCH_PEERS_ARGS)
 
 clean:
 	rm -rf build *.egg-info landscape_fast/_C*.so landscape_fast/_cuda_kernels.so \

@@ -1,0 +1,53 @@
+"""Smoke test: the whole peer harness on the tiny digits MLP, so it cannot rot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from . import systems
+from .__main__ import main
+
+
+def _rows(path: Path) -> list[list[str]]:
+    quantities = ("top1", "trace", "density")
+    return [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in path.read_text().splitlines()
+        if line.startswith("| ")
+        and line[2:].split(" ", 1)[0] in quantities
+        and line.count("|") == 11  # the main table (10 columns), not the headline
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_harness_on_tiny_digits_mlp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a peer that cannot be imported must show up as "not installed: <error>"
+    monkeypatch.setattr(systems.ScipyArpack, "module", "no_such_module_for_the_test")
+    monkeypatch.setattr(systems, "DENSITY_STEPS", 12)
+    monkeypatch.setattr(systems, "DENSITY_PROBES", 2)
+    out = tmp_path / "peers.md"
+    argv = ["--tiny", "--workloads", "digits_mlp", "--quantities", "top1", "trace", "density"]
+    argv += ["--repeats", "1", "--max-matvecs", "400", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    rows = _rows(out)
+    names = list(systems.SYSTEMS)
+    # one row per system × quantity × mode
+    assert len(rows) == len(names) * 3 * 2
+    by = {(r[0], r[1], r[2]): r for r in rows}
+    for q in ("top1", "trace", "density"):
+        for s in names:
+            assert (q, s, "default") in by and (q, s, "matched") in by
+    assert by[("top1", "scipy_arpack", "matched")][4].startswith("not installed: ")
+    ours = by[("top1", "ours", "matched")]
+    assert ours[4].startswith("met"), ours
+    assert float(ours[8].split()[-1]) <= 1e-4
+    assert by[("trace", "ours", "matched")][4].startswith("met")
+    # PyHessian's density calls the removed torch.eig: the crash is in the table ...
+    if systems.PyHessian().import_error() is None:
+        assert by[("density", "pyhessian_unpatched", "default")][4].startswith("error: ")
+        # ... and the patched run works
+        assert by[("density", "pyhessian", "matched")][4].startswith("ok")
+    text = out.read_text()
+    assert "Headline (digits_mlp)" in text and "| top1 |" in text
