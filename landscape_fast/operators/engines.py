@@ -51,7 +51,7 @@ import torch
 from torch import autograd
 
 from landscape_fast.data import Batch, slice_batch, to_device
-from landscape_fast.operators.memory import GraphMeter
+from landscape_fast.operators.memory import saved_bytes
 from landscape_fast.operators.model_function import ModelFunction
 from landscape_fast.operators.semantics import ModelFingerprint
 
@@ -261,12 +261,13 @@ class CachedEngine(HVPEngine):
 
     def _build(self, f, index, batch) -> tuple[list[torch.Tensor], Grads]:
         theta = f.parameters()
-        with GraphMeter(exclude=tuple(theta)) as meter:
-            loss = checked_loss(f, theta, batch, index, fused=self.fused_cross_entropy)
-            grads = list(autograd.grad(loss, theta, create_graph=True, allow_unused=True))
+        loss = checked_loss(f, theta, batch, index, fused=self.fused_cross_entropy)
+        grads = list(autograd.grad(loss, theta, create_graph=True, allow_unused=True))
         assert_twice_differentiable(grads, "cached HVP")
-        self.graph_bytes[index] = meter.bytes
-        if self.cached_bytes + meter.bytes <= self.budget // 2:
+        if index not in self.graph_bytes:  # measured once per batch (same graph each pass)
+            self.graph_bytes[index] = saved_bytes(grads, exclude=theta)
+        meter_bytes = self.graph_bytes[index]
+        if self.cached_bytes + meter_bytes <= self.budget // 2:
             self._cache[index] = (theta, grads)
         return theta, grads
 
@@ -335,10 +336,10 @@ class ForwardEngine(HVPEngine):
         if self.chunk is not None or self.budget is None:
             return self.chunk
         theta = f.parameters()
-        with GraphMeter(exclude=tuple(theta)) as meter:
-            loss = checked_loss(f, theta, batch, index)
+        loss = checked_loss(f, theta, batch, index)
+        graph = saved_bytes([loss], exclude=theta)
         del loss
-        self.chunk = max(1, self.budget // max(3 * meter.bytes, 1))
+        self.chunk = max(1, self.budget // max(3 * graph, 1))
         return self.chunk
 
     def batch_products(self, f, index, batch, views, fresh_rng=contextlib.nullcontext):

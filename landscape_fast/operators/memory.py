@@ -3,13 +3,14 @@
 Example:
     >>> import torch
     >>> x = torch.randn(64, 32, requires_grad=True)
-    >>> with GraphMeter() as meter:
-    ...     y = torch.tanh(x @ x.T).sum()
-    >>> meter.bytes > 0
-    True
+    >>> y = torch.tanh(x @ x.T)   # saves its 64 x 64 float32 output
+    >>> saved_bytes([y.sum()], exclude=[x])
+    16384
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -43,35 +44,55 @@ def default_budget(device: torch.device, memory_budget: int | None) -> int:
     return int(available_memory(device) * DEFAULT_FRACTION)
 
 
-class GraphMeter:
-    """Sum the bytes autograd saves for backward inside the ``with`` block.
+_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
 
-    Storages are counted once (views share them); tensors listed in ``exclude`` (the
-    parameters, which exist anyway) are not counted.
+
+def _saved_names(node: object) -> tuple[str, ...]:
+    """The ``_saved_*`` attributes of an autograd node type (looked up once per type)."""
+    kind = type(node)
+    if kind not in _SAVED_NAMES:
+        _SAVED_NAMES[kind] = tuple(n for n in dir(node) if n.startswith("_saved_"))
+    return _SAVED_NAMES[kind]
+
+
+def saved_bytes(roots: Sequence[torch.Tensor | None], exclude: Sequence[torch.Tensor] = ()) -> int:
+    """Bytes of the tensors the autograd graph behind ``roots`` saves for backward.
+
+    The graph is walked from the roots' ``grad_fn`` (through a ``create_graph`` gradient
+    this reaches the forward graph too); each storage counts once (views share one), and
+    the storages of ``exclude`` (the parameters, which exist anyway) not at all. Nothing
+    is hooked into autograd: saved-tensor hooks that return the tensor itself keep every
+    saved *output* alive through a reference cycle with its node, a leak of the whole
+    graph (measured: 1.5 GB per ResNet-20 HVP pass on 1,024 images).
     """
-
-    def __init__(self, exclude: tuple[torch.Tensor, ...] = ()) -> None:
-        self._excluded = {t.untyped_storage().data_ptr() for t in exclude}
-        self._seen: set[int] = set()
-        self.bytes = 0
-        self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        try:
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key not in self._seen and key not in self._excluded:
-                self._seen.add(key)
-                self.bytes += storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # tensors without storage (functorch)
-            self.bytes += t.numel() * t.element_size()
-        return t
-
-    def __enter__(self) -> GraphMeter:
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._hooks is not None
-        self._hooks.__exit__(*exc)
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    seen_storages: set[int] = set()
+    visited: set[int] = set()
+    keep = []  # nodes stay referenced while walking, so their ids stay unique
+    stack = [r.grad_fn for r in roots if r is not None and r.grad_fn is not None]
+    total = 0
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        keep.append(node)
+        for name in _saved_names(node):
+            try:
+                value = getattr(node, name)
+            except (RuntimeError, AttributeError):  # already freed, or not a tensor slot
+                continue
+            for t in value if isinstance(value, tuple | list) else (value,):
+                if not isinstance(t, torch.Tensor):
+                    continue
+                try:
+                    storage = t.untyped_storage()
+                    key = storage.data_ptr()
+                    size = storage.nbytes()
+                except (RuntimeError, NotImplementedError):  # no storage (functorch)
+                    key, size = id(t), t.numel() * t.element_size()
+                if key not in seen_storages and key not in excluded:
+                    seen_storages.add(key)
+                    total += size
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return total
