@@ -276,7 +276,7 @@ def analyze(
     trace_rtol: float = 0.01,
     slq_probes: int = 8,
     slq_steps: int = 80,
-    chunk_size: int | None = 256,
+    chunk_size: int | str | None = "auto",
 ) -> LandscapeReport:
     r"""Analyze the loss landscape of ``model`` at its current parameters.
 
@@ -300,9 +300,10 @@ def analyze(
         trace_rtol: Target relative standard error of trace and Frobenius norm.
         slq_probes, slq_steps: Spectral-density probes and Lanczos steps.
         chunk_size: An ``(inputs, targets)`` pair is split into batches of this many samples
-            for every pass (memory: a double-backward pass holds a few times the
-            activations); the numbers do not depend on it with ``batch_norm="eval"``, and no
-            split is made with ``"batch"`` or ``None``.
+            for every pass; ``"auto"``: as many as keep one batch's double-backward graph
+            within half the memory budget (measured on 64 samples), the whole data when it
+            fits; ``None``: no split. The numbers do not depend on it with
+            ``batch_norm="eval"`` (no split is made with ``"batch"``).
 
     Returns:
         A :class:`~landscape_fast.report.landscape_report.LandscapeReport`. The model is
@@ -315,7 +316,7 @@ def analyze(
         FloatingPointError: A non-finite loss or gradient at the current parameters.
     """
     wanted = _resolve_quantities(quantities, lr, init_params)
-    data = _chunked(data, chunk_size, batch_norm)
+    data = _chunked(model, loss_fn, data, chunk_size, params, batch_norm, dtype)
     plan = _Planner(Budget.parse(budget), wanted)
     say = _Progress(progress)
     results: dict[str, Any] = {}
@@ -466,16 +467,55 @@ def _version() -> str:
     return __version__
 
 
-def _chunked(data: Any, chunk_size: int | None, batch_norm: str) -> Any:
-    """An ``(X, y)`` pair of tensors as a list of pairs of at most ``chunk_size`` samples."""
+def _chunked(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    chunk_size: int | str | None,
+    params: Any,
+    batch_norm: str,
+    dtype: torch.dtype | None,
+) -> Any:
+    """An ``(X, y)`` pair of tensors as a list of pairs of at most ``chunk_size`` samples
+    (``"auto"``: see :func:`analyze`)."""
     from landscape_fast.data import is_pair
 
     if chunk_size is None or batch_norm != "eval" or not is_pair(data):
         return data
     X, y = data
-    if not (isinstance(X, torch.Tensor) and isinstance(y, torch.Tensor)) or len(X) <= chunk_size:
+    if not (isinstance(X, torch.Tensor) and isinstance(y, torch.Tensor)):
+        return data
+    if chunk_size == "auto":
+        chunk_size = _auto_chunk(model, loss_fn, X, y, params, dtype)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, 'auto' or None, got {chunk_size!r}")
+    if len(X) <= chunk_size:
         return data
     return [(X[i : i + chunk_size], y[i : i + chunk_size]) for i in range(0, len(X), chunk_size)]
+
+
+def _auto_chunk(
+    model: nn.Module,
+    loss_fn: Any,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    params: Any,
+    dtype: torch.dtype | None,
+    probe: int = 64,
+) -> int:
+    """Samples per pass whose double-backward graph fits in half the memory budget."""
+    from landscape_fast.operators.memory import saved_bytes
+
+    k = min(probe, len(X))
+    H = Hessian(model, loss_fn, (X[:k], y[:k]), params, dtype=dtype)
+    with H.semantics() as sem:
+        _, batch, _ = next(H.batches(sem))
+        theta = H.f.parameters()
+        loss = H.f.loss(theta, batch)
+        grads = torch.autograd.grad(loss, theta, create_graph=True, allow_unused=True)
+        per_sample = saved_bytes(grads, exclude=theta) / k
+    del loss, grads
+    return max(16, int(H.memory_budget / 2 / max(per_sample, 1.0)))
 
 
 def _resolve_quantities(quantities: Any, lr: float | None, init_params: Any) -> list[str]:
