@@ -22,6 +22,11 @@ def test_gradient_noise_harness_on_tiny_problem(tmp_path):
         for r in out.read_text().splitlines()
         if r.startswith("| digits_mlp")
     ]
-    assert [r[3] for r in rows] == ["gradient", "noise (no B_noise)", "noise + B_noise (8)"]
+    assert [r[3] for r in rows] == [
+        "gradient",
+        "noise, norms (no B_noise)",
+        "noise, vmap (no B_noise)",
+        "noise + B_noise (8)",
+    ]
     assert all(float(r[4]) > 0 for r in rows) and float(rows[0][5]) == 1.0
     assert "B_simple = " in out.read_text()
