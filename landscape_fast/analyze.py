@@ -359,6 +359,9 @@ def analyze(
         section.setdefault("seconds", time.perf_counter() - start)
         sections[qname], results[qname] = section, result
         plan.done(qname, int(section.get("n_matvecs") or 0))
+        used = op.n_matvecs - say.first
+        if used >= 3:  # learn the product cost from real runs (the first timed one pays for
+            plan.t_hvp = (time.perf_counter() - start) / used  # engine selection and warm-up)
         say(f"{qname}: done in {section['seconds']:.2f} s, {section.get('n_matvecs', 0)} matvecs")
 
     def eigen(which: str, k: int) -> Callable[[], tuple[dict[str, Any], Any]]:
