@@ -164,3 +164,17 @@ def test_chunks_change_memory_not_numbers():
     parts = lf.analyze(model, "ce", data, quantities=q, top_k=2, chunk_size=16)
     for a, b in [("eigenvalues_top", "values"), ("trace", "value"), ("gradient_noise", "b_simple")]:
         assert parts[a][b] == pytest.approx(whole[a][b], rel=1e-8), a
+
+
+def test_stability_drops_the_sgd_pass_when_its_budget_share_cannot_pay():
+    from landscape_fast.analyze import Budget, _Planner, _stability
+
+    model, data, _ = _problem()
+    H = lf.Hessian(model, "ce", data)
+    top, bottom = lf.eigsh(H, 1, which="LA"), lf.eigsh(H, 1, which="SA")
+    plan = _Planner(Budget(seconds=1e-9), ["stability"])
+    plan.t_hvp = 1.0
+    section, result = _stability(H, plan, 0.1, 8, top, bottom, 1e-4, 0)
+    assert result.s_squared is None and "s² skipped" in section["describe"]
+    full, _ = _stability(H, _Planner(None, ["stability"]), 0.1, 8, top, bottom, 1e-4, 0)
+    assert full["s_squared"] is not None
