@@ -97,8 +97,16 @@ def test_small_basis_forces_restarts_and_history_records_them() -> None:
     assert counts == sorted(counts) and counts[-1] <= r.n_matvecs
 
 
-def test_default_basis_bound() -> None:
+def test_default_basis_bound(monkeypatch) -> None:
+    from landscape_fast.linalg.eigsh import default_max_basis
+    from landscape_fast.operators import memory
+
     op, _ = operator_with_spectrum(SPECTRA["indefinite"], seed=5)
+    r = lf.eigsh(op, k=5, block_size=2, tol=1e-10)
+    assert max(rec.basis_size for rec in r.history) <= max(5 + 2 * 2 + 20, 60)
+    assert default_max_basis(op, 5, 2) == 60
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1000)  # 60 vectors: no
+    assert default_max_basis(op, 5, 2) == 5 + 2 * 2 + 20
     r = lf.eigsh(op, k=5, block_size=2, tol=1e-10)
     assert max(rec.basis_size for rec in r.history) <= 5 + 2 * 2 + 20
 
