@@ -23,10 +23,12 @@ and is *converged* when that is at most ``tol`` times the spectral scale
 restarted *thickly* (Krylov–Schur / TRLan): it is replaced by the wanted Ritz vectors,
 :math:`T` by their Ritz values and :math:`E` by :math:`E S`; converged wanted vectors are
 *locked* (their coupling set to zero, so they stay exact and keep the others orthogonal to
-them). The returned residuals are recomputed with one more product of the ``k`` returned
-vectors (``verify=True``): they are the true :math:`\lVert A v - \lambda v \rVert`, also when the
-recurrence's estimate has fallen below what the operator's precision resolves, and
-``converged`` is decided on them.
+them). The returned residuals are recomputed from operator products (``verify=True``): they
+are the true :math:`\lVert A v - \lambda v \rVert`, also when the recurrence's estimate has
+fallen below what the operator's precision resolves, and ``converged`` is decided on them.
+Where memory allows, the solver keeps the products :math:`P = A Q^\top` of its basis (rotated
+with it at each restart), so that :math:`A y_i = P s_i` costs no further product; otherwise
+the ``k`` returned vectors take one more operator call.
 
 ``which``: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"LM"`` largest
 magnitude, ``"BE"`` both ends (``k // 2`` from the bottom, the rest from the top).
@@ -94,6 +96,7 @@ class _State:
     T: torch.Tensor  # (capacity, capacity) float64 projected matrix
     W: torch.Tensor  # (r, p) residual block, op dtype, on the operator's device
     E: torch.Tensor  # (r, m) float64 coupling
+    P: torch.Tensor | None = None  # (capacity, p) products A q_i of the basis rows, or None
     m: int = 0
     scale: float = 0.0
     n_matvecs: int = 0
@@ -159,6 +162,21 @@ def default_max_basis(
     if MIN_DEFAULT_BASIS * op.shape[0] * itemsize <= available_memory(op.device) / 8:
         return max(small, MIN_DEFAULT_BASIS)
     return small
+
+
+def keeps_products(
+    op: CurvatureOperator, capacity: int, basis_dtype: torch.dtype, basis_device: torch.device
+) -> bool:
+    """Whether :func:`eigsh` stores the products :math:`A q_i` of its basis (residuals that
+    cost no product): only for a basis in the operator's dtype (a rounded basis is not the
+    vectors that were multiplied) and while the store takes at most an eighth of the free
+    memory of the basis device."""
+    from landscape_fast.operators.memory import available_memory
+
+    if basis_dtype != op.dtype:
+        return False
+    itemsize = torch.finfo(basis_dtype).bits // 8
+    return capacity * op.shape[0] * itemsize <= available_memory(basis_device) / 8
 
 
 def _check_args(op: CurvatureOperator, k: int, which: str, tol: float) -> int:
@@ -268,8 +286,10 @@ def eigsh(
             validate when a wanted value is 0 to within 100·tol·scale (a null space, as in
             over-parameterized networks); ``True``: always (use it, or a ``block_size`` at
             least the multiplicity, when multiple eigenvalues matter); ``False``: never.
-        verify: Recompute the residuals of the returned pairs with one more product of the
-            ``k`` vectors (counted in ``n_matvecs``); ``False`` returns the estimates.
+        verify: Recompute the residuals of the returned pairs from operator products: from
+            the stored products of the basis where they fit (:func:`keeps_products`, no extra
+            product), else with one more product of the ``k`` vectors (counted in
+            ``n_matvecs``). ``False`` returns the recurrence's estimates.
         callback: Called with each :class:`RestartRecord` as it is recorded.
 
     Returns:
@@ -324,6 +344,8 @@ def eigsh(
         W=torch.zeros(0, p, dtype=dtype, device=device),
         E=torch.zeros(0, 0, dtype=torch.float64),
     )
+    if verify and keeps_products(op, capacity, basis_dtype, basis_device):
+        st.P = torch.zeros(capacity, p, dtype=basis_dtype, device=basis_device)
     start = torch.zeros(b, p, dtype=dtype, device=device)
     fill = 0
     if V0 is not None:
@@ -359,6 +381,8 @@ def eigsh(
                 f"eigsh: the operator returned non-finite values after {st.n_matvecs} "
                 "products; check the operator (a model operator names the batch and layer)"
             )
+        if st.P is not None:
+            st.P[m : m + r] = AW.to(device=basis_device, dtype=basis_dtype)
         res = block_reorth(st.Q[: m + r], AW.to(basis_device).contiguous())
         C = res.coeffs.cpu()  # (m + r, r): the new columns of T
         if m and not asym_warned:
@@ -436,6 +460,8 @@ def _restart_(st: _State, S_sel: torch.Tensor, theta_sel: torch.Tensor, locked) 
     locked (converged) vectors lose their coupling to the residual block."""
     s = S_sel.shape[1]
     _rotate_(st.Q, S_sel)
+    if st.P is not None:
+        _rotate_(st.P, S_sel)
     st.T.zero_()
     st.T[range(s), range(s)] = theta_sel
     E_new = st.E @ S_sel
@@ -476,6 +502,18 @@ def _complete(
     return out
 
 
+def _combine(rows: torch.Tensor, S: torch.Tensor, op: CurvatureOperator) -> torch.Tensor:
+    """``Sᵀ rows[:m]`` on the operator's device and dtype, column chunk by column chunk."""
+    m = S.shape[0]
+    out = torch.zeros(S.shape[1], op.shape[0], dtype=op.dtype, device=op.device)
+    acc = torch.float64 if op.dtype == torch.float64 else torch.float32
+    chunk = 1 << 16
+    for start in range(0, op.shape[0], chunk):
+        cols = rows[:m, start : start + chunk].to(acc)
+        out[:, start : start + chunk] = (S.T.to(acc).to(cols.device) @ cols).to(out)
+    return out
+
+
 def _finish(
     op: CurvatureOperator, st: _State, which: str, k: int, tol: float, verify: bool
 ) -> EigenResult:
@@ -484,20 +522,17 @@ def _finish(
     theta, S, resid = theta[order], S[:, order], resid[order]
     final = output_order(theta, which)
     theta, S, resid = theta[final], S[:, final], resid[final]
-    dtype = op.dtype
-    Y = torch.zeros(S.shape[1], op.shape[0], dtype=dtype, device=op.device)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    chunk = 1 << 16
-    for start in range(0, op.shape[0], chunk):
-        cols = st.Q[: st.m, start : start + chunk].to(acc)
-        Y[:, start : start + chunk] = (S.T.to(acc).to(cols.device) @ cols).to(Y)
+    Y = _combine(st.Q, S, op)
     norms = Y.double().norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    Y = (Y.double() / norms).to(dtype)
+    Y = (Y.double() / norms).to(op.dtype)
     if verify and Y.shape[0]:
-        AY = op.matmat(Y)
-        st.n_matvecs += Y.shape[0]
-        if not bool(torch.isfinite(AY).all()):
-            raise FloatingPointError("eigsh: the operator returned non-finite values")
+        if st.P is not None:  # A y = Sᵀ (A Q): the stored products, no further product
+            AY = (_combine(st.P, S, op).double() / norms).to(op.dtype)
+        else:
+            AY = op.matmat(Y)
+            st.n_matvecs += Y.shape[0]
+            if not bool(torch.isfinite(AY).all()):
+                raise FloatingPointError("eigsh: the operator returned non-finite values")
         AY64, Y64 = AY.double(), Y.double()  # float64 sums over p: no float32 rounding floor
         yy = (Y64 * Y64).sum(dim=1)  # a float32 vector is a unit vector only to ~1e-6 at large p
         lam = (AY64 * Y64).sum(dim=1) / yy  # Rayleigh quotients of the returned vectors

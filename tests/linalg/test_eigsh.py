@@ -111,6 +111,33 @@ def test_default_basis_bound(monkeypatch) -> None:
     assert max(rec.basis_size for rec in r.history) <= 5 + 2 * 2 + 20
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_stored_products_give_the_true_residuals_without_extra_products(monkeypatch, dtype) -> None:
+    import importlib
+
+    from landscape_fast.operators import memory
+
+    eigsh_mod = importlib.import_module("landscape_fast.linalg.eigsh")  # the module
+    eigs = SPECTRA["clustered"]
+    op, A = operator_with_spectrum(eigs, seed=11, dtype=dtype)
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    assert eigsh_mod.keeps_products(op, 40, dtype, op.device)
+    kept = lf.eigsh(op, k=4, tol=tol, max_basis=12)  # restarts rotate the stored products
+    assert any(rec.restart for rec in kept.history)
+    assert kept.n_matvecs == kept.history[-1].n_matvecs  # the residual check was free
+    V = kept.eigenvectors.double().numpy()
+    true = np.linalg.norm(V @ A.double().numpy() - kept.eigenvalues.numpy()[:, None] * V, axis=1)
+    floor = 1e-13 if dtype == torch.float64 else 1e-5  # float32: rounding of the products
+    np.testing.assert_allclose(kept.residuals.numpy(), true, rtol=1e-3, atol=floor * 10)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1000)
+    assert not eigsh_mod.keeps_products(op, 40, dtype, op.device)
+    fresh = lf.eigsh(op, k=4, tol=tol, max_basis=12)  # no room: one more product of the k
+    assert fresh.n_matvecs == fresh.history[-1].n_matvecs + 4
+    np.testing.assert_allclose(fresh.eigenvalues.numpy(), kept.eigenvalues.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fresh.residuals.numpy(), kept.residuals.numpy(), atol=floor * 10)
+    assert not eigsh_mod.keeps_products(op, 40, torch.bfloat16, op.device)  # rounded basis
+
+
 def test_k_equals_p_and_tiny_operators() -> None:
     eigs = np.array([3.0, -1.0, 2.0, 0.5, 0.0, 7.0])
     op, A = operator_with_spectrum(eigs, seed=6)
