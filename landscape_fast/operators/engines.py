@@ -426,9 +426,55 @@ def make_engine(name: str, *, budget: int, dropout: bool) -> HVPEngine:
     raise ValueError(f"no engine named {name!r}")  # pragma: no cover - validated upstream
 
 
+#: Samples of the first batch on which :func:`probe` tries each engine.
+PROBE_SAMPLES = 8
+
 #: Largest disagreement with finite differences (float64, few samples) an exact engine may
 #: show in :func:`probe` before it counts as broken.
 VERIFY_TOL = 1e-6
+
+
+def _first_samples(
+    f: ModelFunction, batch: Batch, samples: int, rng: RngFactory
+) -> tuple[Batch, torch.Tensor]:
+    """The first ``samples`` samples of ``batch`` (cast to ``f.dtype`` if it has one) with
+    their loss (a graph to the parameters); the whole batch for a closure that cannot take
+    a slice."""
+    theta = f.parameters(requires_grad=True)
+    try:
+        small = to_device(slice_batch(batch, 0, samples), f.space.device, f.dtype)
+        with rng():
+            return small, f.loss(theta, small)
+    except Exception:  # a closure that cannot take a slice: use the whole batch
+        small = to_device(batch, f.space.device, f.dtype)
+        with rng():
+            return small, f.loss(theta, small)
+
+
+def custom_derivative_nodes(loss: torch.Tensor) -> list[str]:
+    """Names of the nodes of ``loss``'s autograd graph whose derivatives are user code:
+    custom ``autograd.Function`` s (this package's own fused cross-entropy, tested against
+    dense Hessians, excepted) and C++ custom functions (``CppNode``). Built-in operators
+    either have a second derivative or raise when one is asked for."""
+    from landscape_fast.operators import fused_ce
+
+    trusted = (fused_ce._FusedCrossEntropy, fused_ce._CrossEntropyGrad, fused_ce._LogitsHessian)
+    found: list[str] = []
+    seen: set[int] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        name = type(node).__name__
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            if getattr(node, "_forward_cls", None) not in trusted:
+                found.append(name)
+        elif name.startswith("CppNode"):
+            found.append(name)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return sorted(set(found))
 
 
 def verify_against_finite_differences(
@@ -449,12 +495,7 @@ def verify_against_finite_differences(
     the smaller error of two finite-difference steps (a step can cross a ReLU kink).
     """
     f64 = ModelFunction(f.model, f.raw_loss, f.space, torch.float64)
-    try:
-        small = to_device(slice_batch(batch, 0, samples), f.space.device, torch.float64)
-        with rng():
-            f64.loss(f64.parameters(requires_grad=False), small)
-    except Exception:  # a closure that cannot take a slice: use the whole batch
-        small = to_device(batch, f.space.device, torch.float64)
+    small = _first_samples(f64, batch, samples, rng)[0]
     gen = torch.Generator(device="cpu").manual_seed(1)
     v = torch.randn(1, f.space.numel, generator=gen, dtype=torch.float64)
     views = f.space.views(v.to(f.space.device))
@@ -483,27 +524,36 @@ def probe(
     """The first engine among ``candidates`` that runs on ``batch`` and is right (``None``
     if none is), and why the others were rejected.
 
-    Each candidate computes one product with a random vector; exact engines are then
-    cross-checked against finite differences (:func:`verify_against_finite_differences`).
+    Each candidate computes one product with a random vector on the first samples of the
+    batch (failures do not depend on the batch size; the engine returned is a fresh one,
+    which plans its memory on the real batches). Where the loss's graph holds derivative
+    rules written by users (:func:`custom_derivative_nodes`: a custom ``autograd.Function``
+    may drop second-order terms without an error), exact engines are then cross-checked
+    against finite differences (:func:`verify_against_finite_differences`); a graph of
+    built-in operators needs no check.
     """
     failures: dict[str, str] = {}
+    small, loss = _first_samples(f, batch, PROBE_SAMPLES, rng)
+    custom = custom_derivative_nodes(loss)
+    del loss
     gen = torch.Generator(device="cpu").manual_seed(0)
     v = torch.randn(1, f.space.numel, generator=gen, dtype=torch.float64)
     dtype = f.dtype or f.space.dtype
     views = f.space.views(v.to(device=f.space.device, dtype=dtype))
     for name in candidates:
-        engine = make_engine(name, budget=budget, dropout=dropout)
-        engine.begin_pass(f)
+        trial = make_engine(name, budget=budget, dropout=dropout)
+        trial.begin_pass(f)
         try:
             with rng():
-                engine.batch_products(f, 0, batch, views, rng)
-            if name != "finite_difference":
+                trial.batch_products(f, 0, small, views, rng)
+            if name != "finite_difference" and custom:
                 error = verify_against_finite_differences(f, batch, name, rng=rng, dropout=dropout)
                 if not error <= VERIFY_TOL:
                     failures[name] = (
                         f"disagrees with finite differences by {error:.1e} (relative, float64): "
                         "a layer's second derivative is missing or wrong (e.g. a custom "
-                        "autograd.Function whose backward is once_differentiable)"
+                        f"autograd.Function whose backward is once_differentiable; the graph "
+                        f"holds {', '.join(custom)})"
                     )
                     continue
         except FloatingPointError:
@@ -511,7 +561,7 @@ def probe(
         except (RuntimeError, NotImplementedError) as err:
             failures[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
             continue
-        return engine, failures
+        return make_engine(name, budget=budget, dropout=dropout), failures
     return None, failures
 
 

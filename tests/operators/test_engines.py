@@ -84,10 +84,40 @@ def test_auto_rejects_an_engine_that_disagrees_with_finite_differences(monkeypat
         return [None if t is None else 1.5 * t for t in real(self, *args, **kwargs)]
 
     monkeypatch.setattr(engines.CachedEngine, "batch_products", wrong)
+    # the check runs where the graph holds user-written derivatives (here: pretend it does)
+    monkeypatch.setattr(engines, "custom_derivative_nodes", lambda loss: ["UserFnBackward"])
     H = lf.Hessian(_mlp(), "ce", _data())
     H.matmat(torch.randn(1, H.shape[0], dtype=torch.float64))
     assert H.engine == "forward"
     assert "cached failed: disagrees with finite differences" in H.engine_reason
+    assert "UserFnBackward" in H.engine_reason
+
+
+def test_custom_derivative_nodes_finds_user_functions_only(monkeypatch):
+    from landscape_fast.operators import engines
+    from landscape_fast.operators.fused_ce import fused_cross_entropy
+
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    builtin = torch.nn.functional.cross_entropy(torch.tanh(x) @ x.T, y)
+    assert engines.custom_derivative_nodes(builtin) == []
+    assert engines.custom_derivative_nodes(fused_cross_entropy(torch.tanh(x), y)) == []
+    user = T.OnceDifferentiableTanhFn.apply(x).sum() + T.FirstOrderTanhFn.apply(x).sum()
+    assert engines.custom_derivative_nodes(user) == [
+        "FirstOrderTanhFnBackward",
+        "OnceDifferentiableTanhFnBackward",
+    ]
+    # a graph of built-in operators only: no finite-difference check is paid for
+    calls = []
+    real = engines.verify_against_finite_differences
+    monkeypatch.setattr(
+        engines,
+        "verify_against_finite_differences",
+        lambda *a, **k: calls.append(1) or real(*a, **k),
+    )
+    H = lf.Hessian(_mlp(), "ce", _data())
+    H.matmat(torch.randn(1, H.shape[0], dtype=torch.float64))
+    assert calls == [] and H.engine == "cached"
 
 
 def test_cached_engine_keeps_graphs_within_budget_and_rebuilds_after_a_step():
