@@ -322,7 +322,7 @@ def headline(cases: list[Case], peers: list[str], quantities: list[str]) -> list
 
 
 def run_workload(name: str, args: argparse.Namespace, systems: list[System], log) -> list[str]:
-    w = workloads_mod.load(name, args.tiny, trained=not args.untrained)
+    w = workloads_mod.load(name, args.tiny, trained=not args.untrained, samples=args.samples)
     grad = workloads_mod.gradient_seconds(w)
     log(f"{name}: p={w.p}, gradient {grad * 1e3:.2f} ms; computing the reference ...")
     ref = reference_mod.compute(w)
@@ -381,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny workloads (smoke test)")
     ap.add_argument("--untrained", action="store_true", help="skip training (initialisation)")
     ap.add_argument("--max-matvecs", type=int, default=20000, help="cap of a matched search")
+    ap.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="measure the Hessian on the first N samples (training uses all of them)",
+    )
     ap.add_argument("--out", type=Path, default=Path("results.md"))
     ap.add_argument(
         "--fused-attention",

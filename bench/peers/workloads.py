@@ -62,14 +62,21 @@ class Workload:
             q.grad = None
 
 
-def load(name: str, tiny: bool, trained: bool = True) -> Workload:
-    """Build the zoo workload ``name``, train it (fixed epochs, seed 0) and set eval mode."""
+def load(name: str, tiny: bool, trained: bool = True, samples: int | None = None) -> Workload:
+    """Build the zoo workload ``name``, train it (fixed epochs, seed 0) on all its data, set
+    eval mode, and keep the first ``samples`` samples (all if ``None``) as the data whose
+    Hessian is measured."""
     model, loss_fn, (X, y) = zoo.WORKLOADS[name](tiny=tiny)
     note = "untrained (initialisation)"
     if trained:
         epochs = 2 if tiny else {"digits_mlp": 30, "resnet20": 5, "transformer": 20}[name]
         fit = zoo.train(model, X, y, loss_fn=loss_fn, seconds=1e9, max_epochs=epochs, seed=0)
-        note = f"trained {epochs} epochs with Adam (final loss {fit['loss']:.3g})"
+        note = f"trained {epochs} epochs with Adam on {X.shape[0]} samples (final loss "
+        note += f"{fit['loss']:.3g})"
+    if samples is not None:
+        if not 1 <= samples <= X.shape[0]:
+            raise ValueError(f"samples must be in [1, {X.shape[0]}] for {name}, got {samples}")
+        X, y = X[:samples], y[:samples]
     model.eval()
     p = sum(q.numel() for q in model.parameters() if q.requires_grad)
     return Workload(name, tiny, model, loss_fn, Criterion(loss_fn), X, y, p, note)
