@@ -99,6 +99,7 @@ class _State:
     P: torch.Tensor | None = None  # (capacity, p) products A q_i of the basis rows, or None
     m: int = 0
     scale: float = 0.0
+    coupling_scale: float = 0.0  # largest |⟨q_i, A q_j⟩| seen (a lower bound of ‖A‖)
     n_matvecs: int = 0
     history: list[RestartRecord] = field(default_factory=list)
 
@@ -385,9 +386,11 @@ def eigsh(
             st.P[m : m + r] = AW.to(device=basis_device, dtype=basis_dtype)
         res = block_reorth(st.Q[: m + r], AW.to(basis_device).contiguous())
         C = res.coeffs.cpu()  # (m + r, r): the new columns of T
+        st.coupling_scale = max(st.coupling_scale, float(C.abs().max()))
         if m and not asym_warned:
             mismatch = float((C[:m] - st.E.T).abs().max()) if st.E.numel() else 0.0
-            scale = max(st.scale, float(C.abs().max()), 1e-300)
+            # before k vectors exist there are no Ritz values: the couplings give the scale
+            scale = max(st.scale, st.coupling_scale, 1e-300)
             if mismatch > (1e-2 + 10 * tol) * scale:
                 warnings.warn(
                     f"eigsh: the operator does not look symmetric (⟨q_i, A q_j⟩ and "
