@@ -284,9 +284,11 @@ def eigsh(
             longer changes the wanted values. A Krylov space holds one vector of each
             eigenspace per start vector, so copies of a multiple eigenvalue beyond the block
             size are otherwise invisible (no residual can reveal them). ``None`` (default):
-            validate when a wanted value is 0 to within 100·tol·scale (a null space, as in
-            over-parameterized networks); ``True``: always (use it, or a ``block_size`` at
-            least the multiplicity, when multiple eigenvalues matter); ``False``: never.
+            validate when ``k`` exceeds the block size (up to ``block_size`` copies are
+            visible, so fewer wanted pairs cannot miss one) and a wanted value is 0 to
+            within 100·tol·scale (a null space, as in over-parameterized networks);
+            ``True``: always (use it, or a ``block_size`` at least the multiplicity, when
+            multiple eigenvalues matter); ``False``: never.
         verify: Recompute the residuals of the returned pairs from operator products: from
             the stored products of the basis where they fit (:func:`keeps_products`, no extra
             product), else with one more product of the ``k`` vectors (counted in
@@ -422,7 +424,9 @@ def eigsh(
         done = st.m >= k and bool((resid[want] <= threshold).all())
         if done and checked is not None:  # validating: the best of the rest must converge too
             done = st.m > k and bool(resid[order[k]] <= threshold)
-        check = validate if validate is not None else _suspicious(theta[want], tol, st.scale)
+        check = (
+            validate if validate is not None else k > b and _suspicious(theta[want], tol, st.scale)
+        )
         if done and validations < k + 2 and check:
             if bool((resid[want] > LOCK * threshold).any()):
                 done = False  # converge further first: the restart drops the residual block

@@ -83,6 +83,14 @@ def test_auto_validation_finds_the_null_space() -> None:
     check_result(r, A.numpy(), eigs, 6, "SA", 1e-8)
     r = lf.eigsh(op, k=15, which="LA", tol=1e-8)  # k above the rank (12)
     check_result(r, A.numpy(), eigs, 15, "LA", 1e-8)
+    # one wanted pair, one start vector: a single copy of the null space is all there is
+    # to find, so no validation restart is paid for
+    r = lf.eigsh(op, k=1, which="SA", tol=1e-8)
+    check_result(r, A.numpy(), eigs, 1, "SA", 1e-8)
+    validated = lf.eigsh(op, k=1, which="SA", tol=1e-8, validate=True)
+    assert r.n_matvecs < validated.n_matvecs
+    r = lf.eigsh(op, k=2, which="SA", tol=1e-8, block_size=2)
+    check_result(r, A.numpy(), eigs, 2, "SA", 1e-8)
 
 
 def test_small_basis_forces_restarts_and_history_records_them() -> None:
