@@ -93,6 +93,16 @@ def test_auto_validation_finds_the_null_space() -> None:
     check_result(r, A.numpy(), eigs, 2, "SA", 1e-8)
 
 
+def test_small_nonzero_wanted_values_do_not_trigger_validation() -> None:
+    # top-4 reaching down to 0.5 % of the scale, at a loose tol: resolved from zero, so the
+    # automatic validation (for null spaces) must not pay its restart
+    eigs = np.concatenate([[10.0, 6.0, 3.0, 0.05], RNG.uniform(-0.01, 0.02, 196)])
+    op, A = operator_with_spectrum(eigs, seed=12)
+    auto = lf.eigsh(op, k=4, tol=1e-3)
+    check_result(auto, A.numpy(), eigs, 4, "LA", 1e-3)
+    assert auto.n_matvecs == lf.eigsh(op, k=4, tol=1e-3, validate=False).n_matvecs
+
+
 def test_small_basis_forces_restarts_and_history_records_them() -> None:
     eigs = SPECTRA["indefinite"]
     op, A = operator_with_spectrum(eigs, seed=4)
