@@ -325,8 +325,9 @@ def run_workload(name: str, args: argparse.Namespace, systems: list[System], log
     w = workloads_mod.load(name, args.tiny, trained=not args.untrained, samples=args.samples)
     grad = workloads_mod.gradient_seconds(w)
     log(f"{name}: p={w.p}, gradient {grad * 1e3:.2f} ms; computing the reference ...")
-    ref = reference_mod.compute(w)
-    log(f"  reference ({ref.method}) in {ref.seconds:.1f} s")
+    ref, hit = reference_mod.cached(w, None if args.no_reference_cache else args.reference_cache)
+    origin = "from the cache (computed" if hit else "computed"
+    log(f"  reference ({ref.method}) {origin} in {ref.seconds:.1f} s{')' if hit else ''}")
 
     cases: list[Case] = []
     for q in args.quantities:
@@ -393,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="leave PyTorch's attention kernel choice alone (the peers crash on the transformer)",
     )
+    ap.add_argument(
+        "--reference-cache",
+        type=Path,
+        default=reference_mod.CACHE_DIR,
+        help="where references are kept between runs (keyed by model, data and method)",
+    )
+    ap.add_argument("--no-reference-cache", action="store_true", help="always recompute")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     global MATH_ATTENTION

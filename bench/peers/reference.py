@@ -10,12 +10,19 @@
   exact values: the table says so), both in float32 (their rounding, about 1e-7 relative,
   is far below that standard error, and a float64 product of a convolutional network costs
   about six float32 ones on CPU); no Wasserstein distance.
+
+A reference takes minutes to hours on the larger workloads and does not depend on the code
+being measured, so :func:`cached` keeps it on disk under a key of everything it depends on
+(the model's parameters and buffers, the data, the method) and reuses it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,3 +104,51 @@ def compute(w: Workload, k_max: int = 20) -> Reference:
         seconds=time.perf_counter() - start,
         p=w.p,
     )
+
+
+#: Bump when :func:`compute` changes what it computes (invalidates cached references).
+METHOD_VERSION = 2
+
+CACHE_DIR = Path(".benchmarks") / "peer_references"
+
+
+def fingerprint(w: Workload) -> str:
+    """SHA-256 of what the reference depends on: parameters, buffers, data and method."""
+    h = hashlib.sha256(f"{w.name} {w.p} {METHOD_VERSION} {DENSE_MAX}".encode())
+    for t in (*w.model.state_dict().values(), w.X, w.y):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cached(w: Workload, cache_dir: Path | None = CACHE_DIR) -> tuple[Reference, bool]:
+    """``(reference, whether it came from the cache)``; computed and stored on a miss.
+
+    ``cache_dir=None`` always computes (and stores nothing).
+    """
+    if cache_dir is None:
+        return compute(w), False
+    path = Path(cache_dir) / f"{w.name}-{fingerprint(w)[:20]}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            fields = {f.name: z[f.name] for f in dataclasses.fields(Reference) if f.name in z}
+        ref = Reference(
+            method=str(fields["method"]),
+            top=fields["top"],
+            bottom=fields["bottom"],
+            trace=float(fields["trace"]),
+            trace_method=str(fields["trace_method"]),
+            m2=float(fields["m2"]),
+            eigenvalues=fields.get("eigenvalues"),
+            seconds=float(fields["seconds"]),
+            p=int(fields["p"]),
+        )
+        return ref, True
+    ref = compute(w)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: v for k, v in dataclasses.asdict(ref).items() if v is not None}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return ref, False

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from . import systems
+from . import reference, systems, workloads
 from .__main__ import main
 
 
@@ -30,6 +32,7 @@ def test_harness_on_tiny_digits_mlp(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     out = tmp_path / "peers.md"
     argv = ["--tiny", "--workloads", "digits_mlp", "--quantities", "top1", "trace", "density"]
     argv += ["--repeats", "1", "--max-matvecs", "400", "--quiet", "--out", str(out)]
+    argv += ["--reference-cache", str(tmp_path / "refs")]
     assert main(argv) == 0
     rows = _rows(out)
     names = list(systems.SYSTEMS)
@@ -51,3 +54,17 @@ def test_harness_on_tiny_digits_mlp(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert by[("density", "pyhessian", "matched")][4].startswith("ok")
     text = out.read_text()
     assert "Headline (digits_mlp)" in text and "| top1 |" in text
+
+
+def test_reference_cache_is_keyed_by_the_model_and_reused(tmp_path: Path) -> None:
+    w = workloads.load("digits_mlp", tiny=True, trained=False)
+    ref, hit = reference.cached(w, tmp_path)
+    assert not hit and len(list(tmp_path.iterdir())) == 1
+    again, hit = reference.cached(w, tmp_path)
+    assert hit and again.method == ref.method and again.trace == ref.trace
+    np.testing.assert_array_equal(again.eigenvalues, ref.eigenvalues)
+    np.testing.assert_array_equal(again.top, ref.top)
+    with torch.no_grad():
+        next(w.model.parameters())[0, 0] += 1.0  # another model: another key
+    assert not reference.cached(w, tmp_path)[1]
+    assert len(list(tmp_path.iterdir())) == 2
