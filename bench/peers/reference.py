@@ -116,7 +116,7 @@ def fingerprint(w: Workload) -> str:
     """SHA-256 of what the reference depends on: parameters, buffers, data and method."""
     h = hashlib.sha256(f"{w.name} {w.p} {METHOD_VERSION} {DENSE_MAX}".encode())
     for t in (*w.model.state_dict().values(), w.X, w.y):
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().reshape(-1)
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
