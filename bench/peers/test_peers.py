@@ -68,3 +68,11 @@ def test_reference_cache_is_keyed_by_the_model_and_reused(tmp_path: Path) -> Non
         next(w.model.parameters())[0, 0] += 1.0  # another model: another key
     assert not reference.cached(w, tmp_path)[1]
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_fingerprint_covers_batchnorm_buffers() -> None:
+    w = workloads.load("resnet20", tiny=True, trained=False)
+    key = reference.fingerprint(w)  # BatchNorm's 0-dim step counter included
+    with torch.no_grad():
+        next(b for n, b in w.model.named_buffers() if n.endswith("running_var")).mul_(2.0)
+    assert len(key) == 64 and reference.fingerprint(w) != key
