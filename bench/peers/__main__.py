@@ -230,6 +230,8 @@ def settle(case: Case, w: workloads_mod.Workload, ref: reference_mod.Reference, 
         acc = accuracy(q, run.raw, ref)
         if acc.met is not False:
             case.setting = setting
+            if acc.met:
+                _shrink(case, w, ref, run.raw, log)
             return
         try:
             nxt = s.refine(q, w, setting, run.raw)
@@ -239,6 +241,21 @@ def settle(case: Case, w: workloads_mod.Workload, ref: reference_mod.Reference, 
             case.setting, case.status = setting, f"gave up: {nxt}"
             return
         setting = nxt
+
+
+def _shrink(
+    case: Case, w: workloads_mod.Workload, ref: reference_mod.Reference, raw: Raw, log
+) -> None:
+    """After a met target: try the system's cheaper settings while they still meet it (a
+    fixed-budget estimator whose first rung overshoots must not be timed at that rung)."""
+    s, q = case.system, case.q
+    while (cheaper := s.shrink(q, w, case.setting, raw)) is not None:
+        case.tried += 1
+        run = measure(s, q, w, cheaper)
+        log(f"  shrink {s.name} {q}: {cheaper} -> {run.error or _describe(q, run, ref)}")
+        if run.error is not None or run.raw is None or not accuracy(q, run.raw, ref).met:
+            return
+        case.setting, raw = cheaper, run.raw
 
 
 def _describe(q: str, run: Run, ref: reference_mod.Reference) -> str:

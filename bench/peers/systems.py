@@ -139,8 +139,26 @@ class System:
         """The next, tighter setting; a string says why the ladder ends (gave up)."""
         raise NotImplementedError
 
+    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> Setting | None:
+        """A cheaper setting to try after ``setting`` met the target with room to spare
+        (``None``: none). Only fixed-budget estimators need it: their matched search starts
+        at a budget that may already overshoot the target."""
+        return None
+
     def run(self, q: str, w: Workload, setting: Setting) -> Raw:
         raise NotImplementedError
+
+
+def _trace_shrink(key: str, setting: Setting, raw: Raw, multiple: int = 1) -> Setting | None:
+    """The sample count the SE predicts for the target (×1.15), at least half the current
+    one (Hutch++'s SE does not grow like 1/√n as it shrinks), rounded up to ``multiple``."""
+    n = int(setting[key])
+    if raw.stderr is None or raw.trace is None or not math.isfinite(raw.stderr):
+        return None
+    target = TRACE_RTOL * abs(raw.trace)
+    predicted = math.ceil(1.15 * n * (raw.stderr / target) ** 2) if target > 0 else n
+    need = multiple * math.ceil(max(predicted, math.ceil(n / 2), multiple) / multiple)
+    return {**setting, key: need} if need < n else None
 
 
 def _ladder_next(ladder: list[Setting], setting: Setting) -> Setting | str:
@@ -368,6 +386,9 @@ class Eigenthings(System):
             cap = min(self.max_matvecs, w.p)
             return _trace_refine("num_matvecs", setting, raw, cap, multiple=3, growth=2.0)
         return "fixed budget (8 probes × 80 steps)"
+
+    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> Setting | None:
+        return _trace_shrink("num_matvecs", setting, raw, multiple=3) if q == "trace" else None
 
     def run(self, q: str, w: Workload, setting: Setting) -> Raw:
         import hessian_eigenthings as he

@@ -76,3 +76,12 @@ def test_fingerprint_covers_batchnorm_buffers() -> None:
     with torch.no_grad():
         next(b for n, b in w.model.named_buffers() if n.endswith("running_var")).mul_(2.0)
     assert len(key) == 64 and reference.fingerprint(w) != key
+
+
+def test_trace_shrink_predicts_from_the_standard_error() -> None:
+    raw = systems.Raw(trace=2.0, stderr=0.0049 * 2.0, matvecs=99)
+    # 1.15 · 99 · 0.49² ≈ 28, but at most halved per step: 50, rounded up to 51 (÷ 3)
+    assert systems._trace_shrink("n", {"n": 99}, raw, multiple=3) == {"n": 51}
+    raw = systems.Raw(trace=2.0, stderr=0.0095 * 2.0, matvecs=51)
+    assert systems._trace_shrink("n", {"n": 51}, raw, multiple=3) is None  # no room left
+    assert systems._trace_shrink("n", {"n": 51}, systems.Raw(matvecs=51)) is None  # no SE
