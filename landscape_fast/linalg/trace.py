@@ -26,8 +26,10 @@ is the estimate's. A fixed budget :math:`m` uses :math:`k = \lfloor m/3 \rfloor`
 probes (:math:`2k` products) and :math:`m - 2k` residual probes. With a tolerance the sketch
 starts empty and grows (8, 16, 32, ... probes) while a pilot of residual samples shows that
 the last growth paid for itself and the predicted remaining cost exceeds the next growth's
-(a flat spectrum gets no sketch: Hutchinson plus one pilot); then residual probes are drawn
-until the standard error meets the target.
+(a flat spectrum gets no sketch: plain Hutchinson); then residual probes are drawn until the
+standard error meets the target. The pilot's products are computed once and re-projected
+onto each grown basis, :math:`A P g = A g - (A Q^\top)(Q g)`, so growing costs only the
+sketch.
 
 **XTrace** (Epperly, Tropp & Webber 2024): see :mod:`landscape_fast.linalg.xtrace`.
 
@@ -134,15 +136,17 @@ class _Sketch:
             self.Q = torch.cat([self.Q, new])
             self.AQ = torch.cat([self.AQ, AQ])
 
+    def _probes(self, indices: range) -> torch.Tensor:
+        return probe_block(
+            self.op.shape[0], indices, seed=self.seed, stream="probe", kind=self.probe,
+            dtype=self.dtype, device=self.op.device,
+        )  # fmt: skip
+
     def residual_draw(self, quantity: _Quantity) -> Callable[[range], torch.Tensor]:
         """Samples of the residual ``(Pg)ᵀA(Pg)`` (or ``‖APg‖²``) for probe indices."""
-        p = self.op.shape[0]
 
         def draw(indices: range) -> torch.Tensor:
-            G = probe_block(
-                p, indices, seed=self.seed, stream="probe", kind=self.probe,
-                dtype=self.dtype, device=self.op.device,
-            )  # fmt: skip
+            G = self._probes(indices)
             if self.Q.shape[0]:
                 G = G - (G @ self.Q.T) @ self.Q
             AG = apply_blocks(
@@ -152,6 +156,24 @@ class _Sketch:
             return quantity.sample(G, AG)
 
         return draw
+
+    def plain_products(self, indices: range, quantity: _Quantity) -> torch.Tensor:
+        """The products ``A g`` of the unprojected probes (kept to be re-projected)."""
+        G = self._probes(indices)
+        AG = apply_blocks(self.op, G, self.block_size, what=f"{quantity.name}: probe")
+        self.matvecs += G.shape[0]
+        return AG.to(self.dtype)
+
+    def reprojected(self, quantity: _Quantity, indices: range, AG: torch.Tensor) -> torch.Tensor:
+        r"""Residual samples for the current basis from products of the *unprojected* probes:
+        :math:`A P g = A g - (AQ)^\top (Q g)` (``A`` is linear, ``AQ`` is stored), so a
+        grown sketch costs no new products for samples drawn before it grew."""
+        G = self._probes(indices)
+        if self.Q.shape[0]:
+            C = G @ self.Q.T
+            G = G - C @ self.Q
+            AG = AG - C @ self.AQ
+        return quantity.sample(G, AG)
 
 
 def _hutch(
@@ -204,34 +226,39 @@ def _adaptive_sketch(
     Level 0 has no sketch (plain Hutchinson), then the sketch has 8, 16, 32, ... probes. At
     each level ``pilot_size`` residual samples estimate the per-sample variance :math:`v`
     and the residual probes still needed, :math:`v / \tau^2` for the target standard error
-    :math:`\tau`. The next level is built only if the last one saved at least what it cost,
-    :math:`(v_{prev} - v)/\tau^2 \ge` its products (at level 0: if the remaining need is at
-    least twice the next level's cost), the remaining need exceeds the next level's cost, and
-    it fits in the budget. So a flat spectrum costs one pilot more than Hutchinson, and a
-    decaying one gets the sketch it needs.
+    :math:`\tau`. The pilot probes are multiplied once, unprojected, and re-projected onto
+    each level's basis (:meth:`_Sketch.reprojected`), so a level costs only its sketch. The
+    next level is built only if it is predicted to cost less in all than stopping here: with
+    the variance falling again by the last level's factor :math:`r = v / v_{prev} < 1`, its
+    products plus the probes then still needed, :math:`c_{next} + (r\,v/\tau^2 - n_{pilot})_+`,
+    must be below :math:`v/\tau^2 - n_{pilot}` (at level 0, with no decay seen yet: the need
+    must be at least twice the first level's cost), and it must fit in the budget. So a flat
+    spectrum costs what Hutchinson costs, and a decaying one gets the sketch it needs.
     """
-    prev_var, prev_cost = None, 0
+    prev_var: float | None = None
     size = 0
+    probes = range(0, pilot_size)
+    A_pilot = sk.plain_products(probes, quantity)
     while True:
-        before = sk.matvecs
         if size:
             sk.grow(min(size, sk.op.shape[0]))
             if sk.full:
                 return None
-        pilot = sk.residual_draw(quantity)(range(0, pilot_size))
-        cost = sk.matvecs - before
+        pilot = sk.reprojected(quantity, probes, A_pilot)
         var = float(pilot.var(correction=1))
         tau = target(quantity.exact(sk.Q, sk.AQ) + float(pilot.mean()))
         need = var / tau**2 if tau > 0 else math.inf
         next_size = FIRST_SKETCH if size == 0 else 2 * size
-        next_cost = 2 * (next_size - size) + pilot_size
-        if prev_var is None:
+        next_cost = 2 * (next_size - size)
+        if prev_var is None:  # no decay seen yet
             pays = need >= 2 * next_cost
-        else:
-            pays = (prev_var - var) / max(tau**2, 1e-300) >= prev_cost and need >= next_cost
+        else:  # the variance keeps falling by the last level's factor
+            ratio = var / prev_var if prev_var > 0 else 1.0
+            after = next_cost + max(need * ratio - pilot_size, 0.0)
+            pays = ratio < 1.0 and after < need - pilot_size
         if not pays or need <= pilot_size or sk.matvecs + next_cost > max_matvecs:
             return pilot
-        prev_var, prev_cost = var, cost
+        prev_var = var
         size = next_size
 
 

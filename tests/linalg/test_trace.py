@@ -63,6 +63,30 @@ def test_hutchpp_needs_fewer_products_than_hutchinson_on_a_decaying_spectrum() -
     assert cost["xtrace"] <= 0.5 * cost["hutchinson"], cost
 
 
+@pytest.mark.parametrize("quantity", ["TRACE", "FROBENIUS"])
+def test_reprojected_pilot_samples_equal_freshly_projected_ones(indefinite, quantity) -> None:
+    import importlib
+
+    tr = importlib.import_module("landscape_fast.linalg.trace")  # the module, not lf.trace
+    q = getattr(tr, quantity)
+    sk = tr._Sketch(indefinite, seed=4, probe="rademacher", block_size=3)
+    probes = range(0, 7)
+    plain = sk.plain_products(probes, q)
+    sk.grow(12)  # the basis the pilot was not projected on
+    fresh = sk.residual_draw(q)(probes)
+    torch.testing.assert_close(sk.reprojected(q, probes, plain), fresh, rtol=1e-10, atol=1e-12)
+
+
+def test_adaptive_hutchpp_on_a_flat_spectrum_is_hutchinson() -> None:
+    # no sketch pays on a flat spectrum, and the pilot's products are Hutchinson's first
+    # samples: the same numbers for the same products
+    op, _ = operator_with_spectrum(np.linspace(1.0, 2.0, 300), seed=5)
+    for seed in range(3):
+        plain = lf.trace(op, "hutchinson", rtol=0.01, seed=seed)
+        pp = lf.trace(op, "hutch++", rtol=0.01, seed=seed)
+        assert pp.n_matvecs == plain.n_matvecs and pp.value == pytest.approx(plain.value)
+
+
 def test_hutchinson_with_rademacher_probes_is_exact_on_a_diagonal() -> None:
     d = torch.linspace(-3.0, 7.0, 50, dtype=F64)
     op = lf.DenseOperator(torch.diag(d))
