@@ -10,10 +10,12 @@ pass (and, with the ``cached`` engine, the first backward) is shared by all k ve
 engine is chosen by ``hvp=`` (see :mod:`landscape_fast.operators.engines`); ``"auto"``
 probes the first batch and picks, in order of speed on these machines, ``cached`` (double
 backward works), ``forward`` (only forward-mode works), ``finite_difference`` (no
-second-order derivatives at all, e.g. fused attention kernels). An exact engine is accepted
-only if it also agrees with finite differences in float64 on a few samples (a
-once-differentiable custom backward would otherwise make it silently wrong). The choice and
-the reasons are in :attr:`Hessian.engine` and :attr:`Hessian.engine_reason`.
+second-order derivatives at all, e.g. fused attention kernels). Where the loss's graph
+holds derivative rules written by users (custom ``autograd.Function`` s), an exact engine is
+accepted only if it also agrees with finite differences in float64 on a few samples (a
+once-differentiable custom backward would otherwise make it silently wrong); built-in
+operators either have second derivatives or raise. The choice and the reasons are in
+:attr:`Hessian.engine` and :attr:`Hessian.engine_reason`.
 
 Example:
     >>> import torch
