@@ -246,16 +246,28 @@ def settle(case: Case, w: workloads_mod.Workload, ref: reference_mod.Reference, 
 def _shrink(
     case: Case, w: workloads_mod.Workload, ref: reference_mod.Reference, raw: Raw, log
 ) -> None:
-    """After a met target: try the system's cheaper settings while they still meet it (a
-    fixed-budget estimator whose first rung overshoots must not be timed at that rung)."""
+    """After a met target: try the system's cheaper settings (:meth:`System.shrink`) and
+    keep one that still meets it with fewer products, then ask again from there. A ladder's
+    rungs are a decade apart and a fixed budget's first rung may overshoot: no system is
+    timed at a setting that spends more than it needs."""
     s, q = case.system, case.q
-    while (cheaper := s.shrink(q, w, case.setting, raw)) is not None:
-        case.tried += 1
-        run = measure(s, q, w, cheaper)
-        log(f"  shrink {s.name} {q}: {cheaper} -> {run.error or _describe(q, run, ref)}")
-        if run.error is not None or run.raw is None or not accuracy(q, run.raw, ref).met:
-            return
-        case.setting, raw = cheaper, run.raw
+    tried: set[str] = set()
+    improved = True
+    while improved:
+        improved = False
+        for cheaper in s.shrink(q, w, case.setting, raw):
+            if repr(cheaper) in tried:
+                continue
+            tried.add(repr(cheaper))
+            case.tried += 1
+            run = measure(s, q, w, cheaper)
+            log(f"  shrink {s.name} {q}: {cheaper} -> {run.error or _describe(q, run, ref)}")
+            if run.error is not None or run.raw is None:
+                continue
+            fewer = (run.raw.matvecs or 0) < (raw.matvecs or 0)
+            if fewer and accuracy(q, run.raw, ref).met:
+                case.setting, raw, improved = cheaper, run.raw, True
+                break
 
 
 def _describe(q: str, run: Run, ref: reference_mod.Reference) -> str:

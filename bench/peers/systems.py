@@ -139,14 +139,23 @@ class System:
         """The next, tighter setting; a string says why the ladder ends (gave up)."""
         raise NotImplementedError
 
-    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> Setting | None:
-        """A cheaper setting to try after ``setting`` met the target with room to spare
-        (``None``: none). Only fixed-budget estimators need it: their matched search starts
-        at a budget that may already overshoot the target."""
-        return None
+    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> list[Setting]:
+        """Cheaper settings to try, in order, after ``setting`` met the target: a ladder's
+        rungs are a decade apart (and a fixed budget's first rung may overshoot), so the
+        first rung that meets may spend more than the system needs. The search keeps one
+        that still meets the target with fewer products, and asks again from there."""
+        return []
 
     def run(self, q: str, w: Workload, setting: Setting) -> Raw:
         raise NotImplementedError
+
+
+def _half_decade(setting: Setting, key: str = "tol") -> list[Setting]:
+    """The tolerance half a decade looser (√10 ×), if it sits on the ladder's decades."""
+    tol = setting.get(key)
+    if not isinstance(tol, float) or not 0 < tol < 1 or abs(math.log10(tol) % 1) > 1e-9:
+        return []
+    return [{**setting, key: tol * math.sqrt(10)}]
 
 
 def _trace_shrink(key: str, setting: Setting, raw: Raw, multiple: int = 1) -> Setting | None:
@@ -159,6 +168,18 @@ def _trace_shrink(key: str, setting: Setting, raw: Raw, multiple: int = 1) -> Se
     predicted = math.ceil(1.15 * n * (raw.stderr / target) ** 2) if target > 0 else n
     need = multiple * math.ceil(max(predicted, math.ceil(n / 2), multiple) / multiple)
     return {**setting, key: need} if need < n else None
+
+
+def _scipy_shrink(q: str, w: Workload, setting: Setting) -> list[Setting]:
+    """scipy ``eigsh``: the half-decade looser ``tol``, and half the Lanczos basis (``ncv``,
+    down to ``k + 2``): its default ``max(2k + 1, 20)`` makes even a top-1 run take 20
+    products before its first convergence check."""
+    if q not in EIG_K:
+        return []
+    k = EIG_K[q]
+    ncv = int(setting.get("ncv", min(w.p, max(2 * k + 1, 20))))
+    smaller = max(k + 2, ncv // 2)
+    return _half_decade(setting) + ([{**setting, "ncv": smaller}] if smaller < ncv else [])
 
 
 def _ladder_next(ladder: list[Setting], setting: Setting) -> Setting | str:
@@ -205,6 +226,9 @@ class Ours(System):
         if q == "trace":
             return "adaptive estimator stopped before its target (budget)"
         return "fixed budget (8 probes × 80 steps)"
+
+    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> list[Setting]:
+        return _half_decade(setting) if q in EIG_K else []
 
     def run(self, q: str, w: Workload, setting: Setting) -> Raw:
         H = self._op(w)
@@ -299,6 +323,12 @@ class PyHessian(System):
             return _trace_refine("maxIter", setting, raw, min(self.max_matvecs, 10 * w.p))
         return "fixed budget (8 probes × 80 steps)"
 
+    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> list[Setting]:
+        if q == "trace":
+            smaller = _trace_shrink("maxIter", setting, raw)
+            return [smaller] if smaller else []
+        return _half_decade(setting) if q in EIG_K else []
+
     def run(self, q: str, w: Workload, setting: Setting) -> Raw:
         ph = importlib.import_module("pyhessian.hessian")  # the module, not the class
 
@@ -387,8 +417,15 @@ class Eigenthings(System):
             return _trace_refine("num_matvecs", setting, raw, cap, multiple=3, growth=2.0)
         return "fixed budget (8 probes × 80 steps)"
 
-    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> Setting | None:
-        return _trace_shrink("num_matvecs", setting, raw, multiple=3) if q == "trace" else None
+    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> list[Setting]:
+        if q == "trace":
+            smaller = _trace_shrink("num_matvecs", setting, raw, multiple=3)
+            return [smaller] if smaller else []
+        if q in EIG_K:  # a quarter fewer Lanczos steps (no restarts: steps are products)
+            m = int(setting["max_iter"])
+            fewer = max(EIG_K[q] + 1, math.ceil(0.75 * m))
+            return [{**setting, "max_iter": fewer}] if fewer < m else []
+        return []
 
     def run(self, q: str, w: Workload, setting: Setting) -> Raw:
         import hessian_eigenthings as he
@@ -470,6 +507,9 @@ class Curvlinops(System):
         if q == "trace":
             return raw.note or "adaptive Hutchinson stopped before its target"
         return "fixed budget (8 probes × 80 steps)"
+
+    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> list[Setting]:
+        return _scipy_shrink(q, w, setting)
 
     def run(self, q: str, w: Workload, setting: Setting) -> Raw:
         import curvlinops
@@ -554,6 +594,9 @@ class ScipyArpack(System):
 
     def refine(self, q: str, w: Workload, setting: Setting, raw: Raw) -> Setting | str:
         return _ladder_next(_scipy_ladder(), setting)
+
+    def shrink(self, q: str, w: Workload, setting: Setting, raw: Raw) -> list[Setting]:
+        return _scipy_shrink(q, w, setting)
 
     def run(self, q: str, w: Workload, setting: Setting) -> Raw:
         import scipy.sparse.linalg as sla

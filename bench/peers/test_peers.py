@@ -85,3 +85,18 @@ def test_trace_shrink_predicts_from_the_standard_error() -> None:
     raw = systems.Raw(trace=2.0, stderr=0.0095 * 2.0, matvecs=51)
     assert systems._trace_shrink("n", {"n": 51}, raw, multiple=3) is None  # no room left
     assert systems._trace_shrink("n", {"n": 51}, systems.Raw(matvecs=51)) is None  # no SE
+
+
+def test_cheaper_settings_are_a_half_decade_or_a_smaller_basis() -> None:
+    w = workloads.load("digits_mlp", tiny=True, trained=False)
+    raw = systems.Raw(matvecs=10)
+    ours = systems.Ours()
+    (looser,) = ours.shrink("top1", w, {"tol": 1e-3}, raw)
+    assert looser["tol"] == pytest.approx(10**-2.5)
+    assert ours.shrink("top1", w, looser, raw) == []  # half-decades are not split again
+    assert ours.shrink("trace", w, {"method": "hutch++", "rtol": 0.01}, raw) == []
+    arpack = systems.ScipyArpack().shrink("top5", w, {"tol": 0.1}, raw)
+    assert arpack[0]["tol"] == pytest.approx(10**-0.5) and arpack[1] == {"tol": 0.1, "ncv": 10}
+    assert systems.ScipyArpack().shrink("top1", w, {"tol": 0.0, "ncv": 3}, raw) == []
+    eig = systems.Eigenthings().shrink("top5", w, {"max_iter": 20, "reorthogonalize": True}, raw)
+    assert eig == [{"max_iter": 15, "reorthogonalize": True}]
