@@ -447,8 +447,8 @@ def _first_samples(
             return small, f.loss(theta, small)
     except Exception:  # a closure that cannot take a slice: use the whole batch
         small = to_device(batch, f.space.device, f.dtype)
-        with rng():
-            return small, f.loss(theta, small)
+    with rng():
+        return small, f.loss(theta, small)
 
 
 def custom_derivative_nodes(loss: torch.Tensor) -> list[str]:
